@@ -1,0 +1,46 @@
+# tensile: the two commands a new user needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: all install binaries test test-unit test-e2e lint demo bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Control-plane binaries: $TENSILE_K8S_BIN, the cache, a release download, or a Go build.
+binaries: $(STAMP)
+	$(PY) -m e2e.binaries
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-e2e: binaries
+	$(PY) -m pytest -q e2e/tests
+
+## Unit tests, lint, then end-to-end tests on real local control planes.
+test: binaries lint
+	$(PY) -m pytest -q tests e2e/tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check tensile webhook scheduler descheduler e2e tests bench
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
+
+## Local upper + lower clusters, the virtual node and the webhook, a sample workload.
+demo: binaries
+	$(PY) -m e2e.demo
+
+bench: binaries
+	$(PY) bench/pods.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

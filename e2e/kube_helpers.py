@@ -1,0 +1,92 @@
+"""Small helpers the e2e tests share: manifests and waits on real clusters."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from kubernetes import client as k8s
+
+from e2e.cluster import LocalCluster, wait_for
+from tensile import conventions as c
+
+VIRTUAL_NODE_TOLERATION = {"key": c.PROVIDER_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def pod_manifest(name: str, *, labels: dict[str, str] | None = None, node_name: str | None = None,
+                 virtual: bool = True, **spec: Any) -> dict[str, Any]:
+    """A pod that targets virtual nodes the way the webhook would leave it."""
+    body_spec: dict[str, Any] = {"containers": [{"name": "app", "image": "nginx:1.25"}],
+                                 "terminationGracePeriodSeconds": 5}
+    if virtual:
+        body_spec["tolerations"] = [VIRTUAL_NODE_TOLERATION]
+        body_spec["nodeSelector"] = {c.VIRTUAL_NODE_TYPE_LABEL: c.VIRTUAL_NODE_TYPE_VALUE}
+    if node_name:
+        body_spec["nodeName"] = node_name
+    body_spec.update(spec)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}},
+            "spec": body_spec}
+
+
+def deployment_manifest(name: str, replicas: int, labels: dict[str, str], **pod_spec: Any) -> dict[str, Any]:
+    template = pod_manifest(name, labels=labels, **pod_spec)
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": template["spec"]}}}
+
+
+def create_namespace(cluster: LocalCluster, name: str) -> None:
+    cluster.core.create_namespace({"metadata": {"name": name}})
+    # The controller-manager creates the default ServiceAccount asynchronously;
+    # pods created before it exists are rejected.
+    wait_for(lambda: cluster.core.read_namespaced_service_account("default", name), 30,
+             what=f"default ServiceAccount in {name}")
+
+
+def get_or_none(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def wait_pod_running(cluster: LocalCluster, ns: str, name: str, timeout: float = 60) -> k8s.V1Pod:
+    def running() -> k8s.V1Pod | None:
+        p = get_or_none(cluster.core.read_namespaced_pod, name, ns)
+        return p if p is not None and p.status.phase == "Running" and p.status.pod_ip else None
+
+    return wait_for(running, timeout, what=f"pod {ns}/{name} Running in {cluster.name}")
+
+
+def wait_gone(fn: Any, *args: Any, timeout: float = 60, what: str = "object gone") -> None:
+    wait_for(lambda: get_or_none(fn, *args) is None, timeout, what=what)
+
+
+def events_for(cluster: LocalCluster, ns: str, name: str) -> list[k8s.CoreV1Event]:
+    return list(cluster.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items)
+
+
+def wait_event(cluster: LocalCluster, ns: str, name: str, reason: str, timeout: float = 60) -> k8s.CoreV1Event:
+    def find() -> k8s.CoreV1Event | None:
+        for e in events_for(cluster, ns, name):
+            if e.reason == reason:
+                return e
+        return None
+
+    return wait_for(find, timeout, what=f"event {reason} on {ns}/{name}")
+
+
+def node_condition(cluster: LocalCluster, node: str, ctype: str = "Ready") -> k8s.V1NodeCondition | None:
+    n = get_or_none(cluster.core.read_node, node)
+    if n is None:
+        return None
+    for cond in n.status.conditions or []:
+        if cond.type == ctype:
+            return cond
+    return None

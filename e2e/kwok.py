@@ -1,0 +1,204 @@
+"""KWOK configuration: fake nodes and the stages that move them and their pods.
+
+Since v0.8 kwok ships no built-in stages, so a cluster without these would
+have nodes that never turn Ready and pods that stay Pending. The stages here
+are the minimum a Kubernetes user expects from a node: it becomes Ready, its
+pods become Running with an IP, and deleted pods go away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import yaml
+
+#: kwok manages only nodes carrying this annotation, so virtual nodes
+#: registered by tensile in the same cluster are never touched by kwok.
+MANAGED_ANNOTATION = "kwok.x-k8s.io/node"
+MANAGED_VALUE = "fake"
+
+_NODE_INITIALIZE = """\
+{{ $now := Now }}
+conditions:
+{{ range NodeConditions }}
+- lastHeartbeatTime: {{ $now | Quote }}
+  lastTransitionTime: {{ $now | Quote }}
+  message: {{ .message | Quote }}
+  reason: {{ .reason | Quote }}
+  status: {{ .status | Quote }}
+  type: {{ .type | Quote }}
+{{ end }}
+addresses:
+{{ with .status.addresses }}
+{{ YAML . 0 }}
+{{ else }}
+- address: {{ NodeIP | Quote }}
+  type: InternalIP
+- address: {{ NodeName | Quote }}
+  type: Hostname
+{{ end }}
+{{ with NodePort }}
+daemonEndpoints:
+  kubeletEndpoint:
+    Port: {{ . }}
+{{ end }}
+allocatable:
+{{ with .status.allocatable }}
+{{ YAML . 1 }}
+{{ else }}
+  cpu: "32"
+  memory: 256Gi
+  pods: "110"
+{{ end }}
+capacity:
+{{ with .status.capacity }}
+{{ YAML . 1 }}
+{{ else }}
+  cpu: "32"
+  memory: 256Gi
+  pods: "110"
+{{ end }}
+nodeInfo:
+  architecture: {{ or (index .metadata.labels "kubernetes.io/arch") "amd64" | Quote }}
+  operatingSystem: {{ or (index .metadata.labels "kubernetes.io/os") "linux" | Quote }}
+  kubeletVersion: {{ printf "kwok-%s" Version | Quote }}
+  kubeProxyVersion: {{ printf "kwok-%s" Version | Quote }}
+  containerRuntimeVersion: {{ printf "kwok-%s" Version | Quote }}
+  kernelVersion: {{ printf "kwok-%s" Version | Quote }}
+phase: Running
+"""
+
+_POD_READY = """\
+{{ $now := Now }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Initialized
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Ready
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: ContainersReady
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: PodScheduled
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: true
+  started: true
+  restartCount: 0
+  state:
+    running:
+      startedAt: {{ $now | Quote }}
+{{ end }}
+initContainerStatuses:
+{{ range .spec.initContainers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: true
+  restartCount: 0
+  state:
+    terminated:
+      exitCode: 0
+      finishedAt: {{ $now | Quote }}
+      reason: Completed
+      startedAt: {{ $now | Quote }}
+{{ end }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
+phase: Running
+startTime: {{ $now | Quote }}
+"""
+
+
+def _stage(name: str, kind: str, match: list[dict[str, Any]], nxt: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1",
+        "kind": "Stage",
+        "metadata": {"name": name},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": kind},
+            "selector": {"matchExpressions": match},
+            "next": nxt,
+        },
+    }
+
+
+def stages() -> list[dict[str, Any]]:
+    return [
+        _stage(
+            "node-initialize", "Node",
+            [{"key": '.status.conditions.[] | select( .type == "Ready" ) | .status',
+              "operator": "NotIn", "values": ["True"]}],
+            {"statusTemplate": _NODE_INITIALIZE},
+        ),
+        _stage(
+            "pod-ready", "Pod",
+            [{"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+             {"key": ".status.podIP", "operator": "DoesNotExist"}],
+            {"statusTemplate": _POD_READY},
+        ),
+        _stage(
+            "pod-delete", "Pod",
+            [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
+            {"finalizers": {"empty": True}, "delete": True},
+        ),
+    ]
+
+
+def config_yaml(pod_cidr: str, node_ip: str) -> str:
+    """The multi-document file given to ``kwok --config``."""
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            "kind": "KwokConfiguration",
+            "options": {
+                "cidr": pod_cidr,
+                "nodeIP": node_ip,
+                "manageAllNodes": False,
+                "manageNodesWithAnnotationSelector": f"{MANAGED_ANNOTATION}={MANAGED_VALUE}",
+                "nodeLeaseDurationSeconds": 40,
+            },
+        },
+        *stages(),
+    ]
+    return str(yaml.safe_dump_all(docs, sort_keys=False))
+
+
+@dataclasses.dataclass
+class NodeSpec:
+    """A fake node: its name, capacity, labels and taints."""
+
+    name: str
+    cpu: str = "32"
+    memory: str = "256Gi"
+    pods: str = "110"
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    taints: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    extended: dict[str, str] = dataclasses.field(default_factory=dict)
+    arch: str = "amd64"
+    unschedulable: bool = False
+
+    def manifest(self) -> dict[str, Any]:
+        resources = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods, **self.extended}
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "annotations": {MANAGED_ANNOTATION: MANAGED_VALUE, "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "kubernetes.io/hostname": self.name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": self.arch,
+                    "type": "kwok",
+                    **self.labels,
+                },
+            },
+            "spec": {"taints": list(self.taints), "unschedulable": self.unschedulable},
+            "status": {"capacity": resources, "allocatable": resources},
+        }

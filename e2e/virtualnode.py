@@ -1,0 +1,87 @@
+"""Run ``tensile virtual-node`` as a real process between two local clusters.
+
+A subprocess (not an in-process task) so tests can kill -9 it mid-sync and
+restart it, exactly as a crash in production would.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from e2e.cluster import LocalCluster
+from e2e.process import Process, free_port
+
+
+class VirtualNodeProcess:
+    def __init__(
+        self,
+        upper: LocalCluster,
+        lower: LocalCluster,
+        name: str = "vk-lower",
+        extra_args: list[str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.upper = upper
+        self.lower = lower
+        self.name = name
+        self.extra_args = extra_args or []
+        self.log_path = (log_dir or upper.dir) / f"virtual-node-{name}.log"
+        self.metrics_port = 0
+        self.proc: Process | None = None
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "tensile.cli", "virtual-node",
+            f"--nodename={self.name}",
+            f"--kubeconfig={self.upper.kubeconfig}",
+            f"--client-kubeconfig={self.lower.kubeconfig}",
+            "--node-ip=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            f"--kubelet-port={free_port()}",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.metrics_port = free_port()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = Process(f"virtual-node-{self.name}", self.argv(), self.log_path, env=env)
+        self.proc.start()
+        self.proc.wait_ready(self._ready, timeout)
+
+    def _ready(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2) as r:
+            return bool(r.status == 200)
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            out: dict[str, float] = {}
+            for line in r.read().decode().splitlines():
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+            return out
+
+    def kill(self) -> None:
+        if self.proc:
+            self.proc.kill()
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self.proc.log_tail(lines) if self.proc else "(not started)"
+
+    def __enter__(self) -> VirtualNodeProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            print(f"\n----- virtual node {self.name} ({self.log_path}) -----\n{self.log_tail()}", file=sys.stderr)
+        self.stop()

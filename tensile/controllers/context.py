@@ -1,0 +1,108 @@
+"""What every controller of one virtual node shares: config, clients, caches.
+
+One informer per resource type per cluster, filtered server-side to what
+this virtual node owns wherever possible, is created here and handed to the
+controllers, so no two controllers watch the same thing twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+
+from tensile import capacity
+from tensile.kube.client import Kube, path
+from tensile.kube.events import EventRecorder
+from tensile.kube.informer import Informer
+from tensile.translate import Owner
+
+log = logging.getLogger("tensile")
+
+DEPENDENCY_RESOURCES = ("configmaps", "secrets", "persistentvolumeclaims", "serviceaccounts", "services")
+
+
+@dataclasses.dataclass
+class Config:
+    node_name: str
+    cluster_id: str = ""
+    node_labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    taint: bool = True
+    node_ip: str = ""
+    kubelet_port: int = 10250
+    metrics_port: int = 10255
+    lower_unreachable_grace: float = 40.0
+    lease_duration: int = 40
+    lease_renew_interval: float = 10.0
+    status_interval: float = 60.0
+    ping_interval: float = 10.0
+    pod_workers: int = 8
+    dependency_workers: int = 4
+    flat_network: bool = False
+    resync: float = 300.0
+
+
+def default_node_ip() -> str:
+    """The address the upper apiserver should use to reach this process."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))  # no packet is sent for UDP connect
+            ip: str = s.getsockname()[0]
+            return ip
+    except OSError:
+        return "127.0.0.1"
+
+
+@dataclasses.dataclass
+class Context:
+    config: Config
+    upper: Kube
+    lower: Kube
+    owner: Owner
+    recorder: EventRecorder
+    upper_pods: Informer
+    upper_node: Informer
+    upper_deps: dict[str, Informer]
+    lower_nodes: Informer
+    lower_pods_all: Informer
+    lower_pods: Informer
+    lower_deps: dict[str, Informer]
+
+    @classmethod
+    def build(cls, config: Config, upper: Kube, lower: Kube, upper_cluster_id: str) -> Context:
+        owner = Owner(upper_cluster=upper_cluster_id, node_name=config.node_name)
+        sel = owner.selector
+        upper_deps = {
+            r: Informer(upper, path(r), name=f"upper-{r}", resync=config.resync)
+            for r in DEPENDENCY_RESOURCES if r != "serviceaccounts"
+        }
+        lower_deps = {
+            r: Informer(lower, path(r), label_selector=sel, name=f"lower-{r}") for r in DEPENDENCY_RESOURCES
+        }
+        return cls(
+            config=config,
+            upper=upper,
+            lower=lower,
+            owner=owner,
+            recorder=EventRecorder(upper, "tensile-virtual-node", config.node_name),
+            upper_pods=Informer(
+                upper, path("pods"), field_selector=f"spec.nodeName={config.node_name}", name="upper-pods",
+                resync=config.resync,
+            ),
+            upper_node=Informer(upper, path("nodes"), field_selector=f"metadata.name={config.node_name}",
+                                name="upper-node"),
+            upper_deps=upper_deps,
+            lower_nodes=Informer(lower, path("nodes"), name="lower-nodes"),
+            lower_pods_all=Informer(
+                lower, path("pods"), field_selector="status.phase!=Succeeded,status.phase!=Failed",
+                transform=capacity.shrink_pod, name="lower-pods-active",
+            ),
+            lower_pods=Informer(lower, path("pods"), label_selector=sel, name="lower-pods"),
+            lower_deps=lower_deps,
+        )
+
+    def informers(self) -> list[Informer]:
+        return [
+            self.upper_pods, self.upper_node, *self.upper_deps.values(),
+            self.lower_nodes, self.lower_pods_all, self.lower_pods, *self.lower_deps.values(),
+        ]

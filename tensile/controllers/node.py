@@ -1,0 +1,283 @@
+"""The virtual Node in the upper cluster: registration, Lease, status.
+
+Acts toward the upper cluster the way a kubelet does: registers the Node,
+renews its Lease in ``kube-node-lease`` every 10 s, and writes status
+through ``/status`` at least every minute and whenever the lower cluster's
+capacity changes (driven by the lower node and pod caches, not by polling).
+
+Ready reflects the lower cluster: a ping (``/version``) every 10 s; once the
+lower apiserver has been unreachable beyond a grace period, Ready turns
+False with reason ``LowerClusterUnreachable``; it turns True again as soon
+as a ping succeeds. If someone deletes the Node, it is registered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from typing import Any
+
+from tensile import capacity, quantity
+from tensile import conventions as c
+from tensile.controllers.context import Context
+from tensile.kube.client import JSON, path
+from tensile.kube.errors import ApiError
+
+log = logging.getLogger("tensile.node")
+
+STATUS_DEBOUNCE = 1.0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _micro_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def node_manifest(ctx: Context, arch: str, os_name: str) -> JSON:
+    cfg = ctx.config
+    labels = {
+        c.VIRTUAL_NODE_TYPE_LABEL: c.VIRTUAL_NODE_TYPE_VALUE,
+        c.ROLE_LABEL: c.ROLE_VALUE,
+        c.HOSTNAME_LABEL: cfg.node_name,
+        c.OS_LABEL: os_name,
+        c.ARCH_LABEL: arch,
+        c.CLUSTER_ID_LABEL: cfg.cluster_id,
+        c.MANAGED_BY_LABEL: c.MANAGED_BY_VALUE,
+        **cfg.node_labels,
+    }
+    taints = (
+        [{"key": c.PROVIDER_TAINT_KEY, "value": c.PROVIDER_TAINT_VALUE, "effect": c.PROVIDER_TAINT_EFFECT}]
+        if cfg.taint else []
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": cfg.node_name, "labels": labels},
+        "spec": {"taints": taints},
+    }
+
+
+def conditions(ready: bool, reason: str, message: str, previous: list[JSON]) -> list[JSON]:
+    """Node conditions; lastTransitionTime only moves when a status flips."""
+    now = _now()
+    prev = {cond.get("type"): cond for cond in previous}
+    wanted = [
+        ("Ready", "True" if ready else "False", reason, message),
+        ("MemoryPressure", "False", "LowerClusterHasSufficientMemory", "capacity is the lower cluster's"),
+        ("DiskPressure", "False", "LowerClusterHasNoDiskPressure", "capacity is the lower cluster's"),
+        ("PIDPressure", "False", "LowerClusterHasSufficientPID", "capacity is the lower cluster's"),
+        ("NetworkUnavailable", "False", "RouteCreated", "network is the lower cluster's"),
+    ]
+    out = []
+    for ctype, status, why, msg in wanted:
+        old = prev.get(ctype) or {}
+        transition = old.get("lastTransitionTime") if old.get("status") == status else now
+        out.append({
+            "type": ctype, "status": status, "reason": why, "message": msg,
+            "lastHeartbeatTime": now, "lastTransitionTime": transition or now,
+        })
+    return out
+
+
+class NodeController:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.name = ctx.config.node_name
+        self.kubelet_version = "v0.0.0"
+        self.last_lower_ok = time.monotonic()
+        self.lower_error = ""
+        self.reachable = True
+        self.node_uid = ""
+        self._dirty = asyncio.Event()
+        self._pushed: tuple[Any, ...] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        ctx.lower_nodes.add_handler(lambda old, new: self._dirty.set())
+        ctx.lower_pods_all.add_handler(self._on_lower_pod)
+        ctx.upper_node.add_handler(self._on_upper_node)
+
+    # --- triggers ------------------------------------------------------------
+
+    def _on_lower_pod(self, old: JSON | None, new: JSON | None) -> None:
+        before = old and (old.get("spec") or {}).get("nodeName")
+        after = new and (new.get("spec") or {}).get("nodeName")
+        if before or after:
+            self._dirty.set()
+
+    def _on_upper_node(self, old: JSON | None, new: JSON | None) -> None:
+        if new is None and old is not None:
+            log.warning("virtual node was deleted from the upper cluster; registering it again",
+                        extra={"node": self.name})
+            self._pushed = None
+            self._dirty.set()
+
+    # --- capacity and status --------------------------------------------------------
+
+    def _capacity(self) -> tuple[dict[str, str], dict[str, str]]:
+        cap, alloc = capacity.compute(
+            self.ctx.lower_nodes.items(), self.ctx.lower_pods_all.items(), self.ctx.owner.owns
+        )
+        return quantity.format_list(cap), quantity.format_list(alloc)
+
+    def _ready(self) -> tuple[bool, str, str]:
+        down_for = time.monotonic() - self.last_lower_ok
+        if not self.reachable and down_for > self.ctx.config.lower_unreachable_grace:
+            return False, "LowerClusterUnreachable", (
+                f"lower cluster {self.ctx.config.cluster_id} unreachable for {down_for:.0f}s: {self.lower_error}"
+            )
+        return True, "KubeletReady", (
+            f"tensile virtual node is posting ready status; lower cluster {self.ctx.config.cluster_id} reachable"
+        )
+
+    def status(self, previous: JSON) -> JSON:
+        nodes = self.ctx.lower_nodes.items()
+        cap, alloc = self._capacity()
+        ready, reason, message = self._ready()
+        return {
+            "capacity": cap,
+            "allocatable": alloc,
+            "conditions": conditions(ready, reason, message, previous.get("conditions") or []),
+            "addresses": [
+                {"type": "InternalIP", "address": self.ctx.config.node_ip},
+                {"type": "Hostname", "address": self.name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.ctx.config.kubelet_port}},
+            "nodeInfo": {
+                "architecture": capacity.node_labels_majority(nodes, c.ARCH_LABEL, "amd64"),
+                "operatingSystem": capacity.node_labels_majority(nodes, c.OS_LABEL, "linux"),
+                "kubeletVersion": self.kubelet_version,
+                "kubeProxyVersion": self.kubelet_version,
+                "containerRuntimeVersion": "tensile://0.1.0",
+                "kernelVersion": "",
+                "osImage": f"tensile virtual node for lower cluster {self.ctx.config.cluster_id}",
+                "machineID": "", "systemUUID": "", "bootID": "",
+            },
+        }
+
+    async def ensure_registered(self) -> JSON:
+        nodes = self.ctx.lower_nodes.items()
+        manifest = node_manifest(
+            self.ctx,
+            capacity.node_labels_majority(nodes, c.ARCH_LABEL, "amd64"),
+            capacity.node_labels_majority(nodes, c.OS_LABEL, "linux"),
+        )
+        try:
+            node = await self.ctx.upper.get(path("nodes", name=self.name))
+            labels = (node.get("metadata") or {}).get("labels") or {}
+            want = manifest["metadata"]["labels"]
+            if any(labels.get(k) != v for k, v in want.items()) or ((
+                (node.get("spec") or {}).get("taints") or []
+            ) != manifest["spec"]["taints"] and self.ctx.config.taint):
+                node = await self.ctx.upper.patch(path("nodes", name=self.name), {
+                    "metadata": {"labels": want},
+                    "spec": {"taints": manifest["spec"]["taints"]} if self.ctx.config.taint else {},
+                })
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+            node = await self.ctx.upper.create(path("nodes"), manifest)
+            log.info("registered virtual node", extra={"node": self.name, "cluster": self.ctx.config.cluster_id})
+        self.node_uid = (node.get("metadata") or {}).get("uid", "")
+        return node
+
+    async def push_status(self, force: bool = False) -> None:
+        node = self.ctx.upper_node.get(self.name)
+        if node is None:
+            node = await self.ensure_registered()
+        status = self.status(node.get("status") or {})
+        digest = (status["capacity"], status["allocatable"], status["conditions"][0]["status"],
+                  status["nodeInfo"]["kubeletVersion"], self.node_uid)
+        if not force and digest == self._pushed:
+            return
+        await self.ctx.upper.patch(path("nodes", name=self.name, subresource="status"), {"status": status})
+        self._pushed = digest
+
+    async def renew_lease(self) -> None:
+        lease_path = path("leases", c.NODE_LEASE_NAMESPACE, self.name, group_version="coordination.k8s.io/v1")
+        spec = {
+            "holderIdentity": self.name,
+            "leaseDurationSeconds": self.ctx.config.lease_duration,
+            "renewTime": _micro_now(),
+        }
+        try:
+            await self.ctx.upper.patch(lease_path, {"spec": spec})
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+            owner_refs = (
+                [{"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.node_uid}]
+                if self.node_uid else []
+            )
+            await self.ctx.upper.create(
+                path("leases", c.NODE_LEASE_NAMESPACE, group_version="coordination.k8s.io/v1"),
+                {"metadata": {"name": self.name, "namespace": c.NODE_LEASE_NAMESPACE, "ownerReferences": owner_refs},
+                 "spec": spec},
+            )
+
+    async def ping_lower(self) -> None:
+        try:
+            version = await self.ctx.lower.get("/version", timeout=5)
+        except ApiError as exc:
+            if self.reachable:
+                log.warning("lower cluster unreachable",
+                            extra={"cluster": self.ctx.config.cluster_id, "error": str(exc)})
+            self.reachable = False
+            self.lower_error = exc.message
+        else:
+            if not self.reachable:
+                log.info("lower cluster reachable again", extra={"cluster": self.ctx.config.cluster_id})
+            self.reachable = True
+            self.last_lower_ok = time.monotonic()
+            self.kubelet_version = str(version.get("gitVersion") or self.kubelet_version)
+        self._dirty.set()
+
+    # --- loops ----------------------------------------------------------------------------
+
+    async def _every(self, interval: float, what: str, fn: Any) -> None:
+        while True:
+            try:
+                await fn()
+            except ApiError as exc:
+                log.warning("%s failed: %s", what, exc, extra={"node": self.name})
+            await asyncio.sleep(interval)
+
+    async def _status_loop(self) -> None:
+        last_forced = 0.0
+        while True:
+            timeout = max(0.0, self.ctx.config.status_interval - (time.monotonic() - last_forced))
+            try:
+                await asyncio.wait_for(self._dirty.wait(), timeout)
+            except TimeoutError:
+                pass
+            await asyncio.sleep(STATUS_DEBOUNCE)  # fold a burst of cache events into one write
+            self._dirty.clear()
+            force = time.monotonic() - last_forced >= self.ctx.config.status_interval
+            try:
+                await self.push_status(force=force)
+                if force:
+                    last_forced = time.monotonic()
+            except ApiError as exc:
+                log.warning("node status update failed: %s", exc, extra={"node": self.name})
+                self._pushed = None
+                await asyncio.sleep(1.0)
+                self._dirty.set()
+
+    async def start(self) -> None:
+        await self.ping_lower()
+        await self.ensure_registered()
+        await self.push_status(force=True)
+        await self.renew_lease()
+        self._tasks = [
+            asyncio.create_task(self._every(self.ctx.config.lease_renew_interval, "lease renewal", self.renew_lease)),
+            asyncio.create_task(self._every(self.ctx.config.ping_interval, "lower ping", self.ping_lower)),
+            asyncio.create_task(self._status_loop()),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,156 @@
+"""Run one virtual node: build the caches, start the controllers, stop cleanly.
+
+Order matters for correctness after a crash: every cache is synced before
+any worker runs, so start-up reconciliation sees the whole picture (adopts
+existing lower copies, deletes orphans) instead of racing a half-filled
+cache into duplicates. On SIGTERM the workers finish their in-flight keys,
+then watches close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from tensile.controllers.context import Config, Context, default_node_ip
+from tensile.controllers.dependencies import DependencyController
+from tensile.controllers.namespaces import NamespaceEnsurer
+from tensile.controllers.node import NodeController
+from tensile.controllers.pods import PodController
+from tensile.kube.client import Kube, path
+
+log = logging.getLogger("tensile")
+
+SYNC_TIMEOUT = 120.0
+
+
+async def cluster_uid(kube: Kube) -> str:
+    """A stable id of a cluster: the UID of its kube-system namespace."""
+    ns = await kube.get(path("namespaces", name="kube-system"))
+    return str(ns["metadata"]["uid"])
+
+
+class VirtualNode:
+    def __init__(self, config: Config, upper: Kube, lower: Kube) -> None:
+        self.config = config
+        self.upper = upper
+        self.lower = lower
+        self.ctx: Context | None = None
+        self.node: NodeController | None = None
+        self.pods: PodController | None = None
+        self.deps: DependencyController | None = None
+        self._site: web.TCPSite | None = None
+        self._runner: web.AppRunner | None = None
+        self.ready = False
+
+    async def start(self) -> None:
+        cfg = self.config
+        if not cfg.node_ip:
+            cfg.node_ip = default_node_ip()
+        upper_id = await cluster_uid(self.upper)
+        if not cfg.cluster_id:
+            cfg.cluster_id = await cluster_uid(self.lower)
+        ctx = Context.build(cfg, self.upper, self.lower, upper_id)
+        self.ctx = ctx
+        namespaces = NamespaceEnsurer(self.lower, ctx.owner)
+        self.deps = DependencyController(ctx, namespaces)
+        self.pods = PodController(ctx, self.deps, namespaces)
+        self.node = NodeController(ctx)
+        await self._serve_health()
+        for inf in ctx.informers():
+            inf.start()
+        await asyncio.wait_for(asyncio.gather(*(inf.wait_synced() for inf in ctx.informers())), SYNC_TIMEOUT)
+        log.info("caches synced", extra={"node": cfg.node_name, "cluster": cfg.cluster_id,
+                                         "upper_cluster": upper_id})
+        await self.node.start()
+        self.deps.start()
+        self.pods.start()
+        self.ready = True
+        log.info("virtual node running", extra={"node": cfg.node_name, "cluster": cfg.cluster_id})
+
+    async def stop(self) -> None:
+        self.ready = False
+        for part in (self.pods, self.deps, self.node):
+            if part is not None:
+                await part.stop()
+        if self.ctx is not None:
+            await self.ctx.recorder.flush()
+            for inf in self.ctx.informers():
+                await inf.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.upper.close()
+        await self.lower.close()
+        log.info("virtual node stopped", extra={"node": self.config.node_name})
+
+    # --- health and metrics ---------------------------------------------------------
+
+    def metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "upper_requests": self.upper.requests,
+            "lower_requests": self.lower.requests,
+        }
+        if self.pods is not None:
+            out.update({f"pods_{k}": v for k, v in self.pods.stats.items()})
+            out["pods_queue_depth"] = len(self.pods.queue)
+            out["pods_retries"] = self.pods.queue.retries
+        if self.ctx is not None:
+            for inf in self.ctx.informers():
+                out[f"cache_objects{{informer=\"{inf.name}\"}}"] = len(inf.store)
+        return out
+
+    async def _serve_health(self) -> None:
+        if not self.config.metrics_port:
+            return
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        async def readyz(_: web.Request) -> web.Response:
+            return web.Response(text="ok" if self.ready else "not ready", status=200 if self.ready else 503)
+
+        async def metrics(_: web.Request) -> web.Response:
+            lines = []
+            for k, v in self.metrics().items():
+                lines.append(f"tensile_{k} {v}")
+            return web.Response(text="\n".join(lines) + "\n")
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, "0.0.0.0", self.config.metrics_port)
+        await self._site.start()
+
+
+async def run(config: Config, upper_kubeconfig: str | None, lower_kubeconfig: str, qps: tuple[float, int, float, int]
+              ) -> int:
+    upper = await Kube.from_kubeconfig(upper_kubeconfig, qps[0], qps[1], name="upper")
+    lower = await Kube.from_kubeconfig(lower_kubeconfig, qps[2], qps[3], name="lower")
+    vn = VirtualNode(config, upper, lower)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        start = asyncio.create_task(vn.start())
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if start in done:
+            start.result()  # surface start-up errors
+            await stop.wait()
+        else:
+            start.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await start
+        log.info("signal received, shutting down", extra={"node": config.node_name})
+    finally:
+        await vn.stop()
+    return 0

@@ -1,0 +1,65 @@
+"""Every label, annotation, taint and finalizer name tensile reads or writes.
+
+The Tensile Kube names are kept verbatim so existing users can switch. Names
+new in tensile carry the ``tensile.io/`` prefix. No other module spells any
+of these strings.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- Tensile Kube compatible --------------------------------------------------
+VIRTUAL_NODE_TYPE_LABEL: Final = "type"
+VIRTUAL_NODE_TYPE_VALUE: Final = "virtual-kubelet"
+ROLE_LABEL: Final = "kubernetes.io/role"
+ROLE_VALUE: Final = "agent"
+CLUSTER_ID_LABEL: Final = "clusterID"
+
+PROVIDER_TAINT_KEY: Final = "virtual-kubelet.io/provider"
+PROVIDER_TAINT_VALUE: Final = "tensile"
+PROVIDER_TAINT_EFFECT: Final = "NoSchedule"
+
+VIRTUAL_POD_LABEL: Final = "virtual-pod"
+VIRTUAL_POD_VALUE: Final = "true"
+
+CLUSTER_SELECTOR_ANNOTATION: Final = "clusterSelector"
+GLOBAL_ANNOTATION: Final = "global"
+GLOBAL_VALUE: Final = "true"
+
+UNSCHEDULABLE_NODE_ANNOTATION: Final = "unschedulable-node"
+CREATED_BY_DESCHEDULER_LABEL: Final = "create-by-descheduler"
+
+# --- Well-known Kubernetes names ---------------------------------------------
+HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
+OS_LABEL: Final = "kubernetes.io/os"
+ARCH_LABEL: Final = "kubernetes.io/arch"
+NODE_ROLE_PREFIX: Final = "node-role.kubernetes.io/"
+NOT_READY_TAINT: Final = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT: Final = "node.kubernetes.io/unreachable"
+UNSCHEDULABLE_TAINT: Final = "node.kubernetes.io/unschedulable"
+NODE_LEASE_NAMESPACE: Final = "kube-node-lease"
+KUBE_SYSTEM: Final = "kube-system"
+SERVICE_ACCOUNT_TOKEN_PREFIX: Final = "kube-api-access-"
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+
+# --- New in tensile -------------------------------------------------------------
+PREFIX: Final = "tensile.io/"
+MANAGED_BY_VALUE: Final = "tensile"
+#: On every lower object: the upper cluster that owns it.
+OWNER_CLUSTER_LABEL: Final = PREFIX + "upper-cluster"
+#: On every lower object: the virtual node that owns it.
+OWNER_NODE_LABEL: Final = PREFIX + "virtual-node"
+#: On lower pods: the upper pod's UID.
+UPPER_UID_ANNOTATION: Final = PREFIX + "upper-uid"
+#: On lower dependencies: which upper object revision was copied.
+UPPER_RESOURCE_VERSION_ANNOTATION: Final = PREFIX + "upper-resource-version"
+#: On lower namespaces tensile created.
+NAMESPACE_CREATED_LABEL: Final = PREFIX + "created-namespace"
+#: On upper pods copied down: the lower cluster id (informational).
+LOWER_CLUSTER_ANNOTATION: Final = PREFIX + "lower-cluster"
+
+#: Field manager for server-side writes.
+FIELD_MANAGER: Final = "tensile"
+#: Component name in Events.
+EVENT_COMPONENT: Final = "tensile-virtual-node"

@@ -1,0 +1,221 @@
+"""A small async Kubernetes client that speaks plain dicts.
+
+kubernetes-asyncio's generated models cost ~30x more than ``orjson.loads``
+per pod (see ARCHITECTURE.md §6), and its watch helper reads lines with
+aiohttp's ``readline``, which fails on objects larger than 128 KiB. So tensile
+borrows only the credentials handling of kubernetes-asyncio (kubeconfig,
+exec plugins, in-cluster tokens) and does its own requests with aiohttp:
+JSON in, dicts out, a client-side QPS/burst limiter like client-go's, and a
+watch stream that splits on newlines itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from kubernetes_asyncio.client import Configuration
+from kubernetes_asyncio.config import kube_config
+from kubernetes_asyncio.config.incluster_config import load_incluster_config
+
+from tensile.kube.errors import ApiError
+
+log = logging.getLogger("tensile.kube")
+
+JSON = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+class TokenBucket:
+    """client-go's flowcontrol token bucket: ``qps`` per second, bursts of ``burst``."""
+
+    def __init__(self, qps: float, burst: int) -> None:
+        self.qps = qps
+        self.burst = max(1, burst)
+        self.tokens = float(self.burst)
+        self.updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        if self.qps <= 0:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.qps)
+            self.updated = now
+            if self.tokens < 1:
+                wait = (1 - self.tokens) / self.qps
+                await asyncio.sleep(wait)
+                self.tokens = 1.0
+                self.updated = time.monotonic()
+            self.tokens -= 1
+
+
+def path(
+    resource: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+    group_version: str = "v1",
+) -> str:
+    """``/api/v1/namespaces/ns/pods/name/status`` and friends."""
+    base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    parts = [base]
+    if namespace:
+        parts.append(f"namespaces/{quote(namespace, safe='')}")
+    parts.append(resource)
+    if name:
+        parts.append(quote(name, safe=""))
+    if subresource:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+class Kube:
+    """One cluster's API: requests and watches on plain dicts."""
+
+    def __init__(self, config: Configuration, qps: float = 100.0, burst: int = 200, name: str = "") -> None:
+        self.config = config
+        self.name = name
+        self.host = (config.host or "").rstrip("/")
+        self.limiter = TokenBucket(qps, burst)
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0
+
+    @classmethod
+    async def from_kubeconfig(
+        cls, kubeconfig: str | None, qps: float = 100.0, burst: int = 200, name: str = ""
+    ) -> Kube:
+        cfg = Configuration()
+        if kubeconfig:
+            await kube_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg, persist_config=False)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            await kube_config.load_kube_config(client_configuration=cfg, persist_config=False)
+        return cls(cfg, qps, burst, name)
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        if not self.host.startswith("https"):
+            return False
+        ctx = ssl.create_default_context(cafile=self.config.ssl_ca_cert) if self.config.ssl_ca_cert else (
+            ssl.create_default_context()
+        )
+        if not self.config.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.config.cert_file:
+            ctx.load_cert_chain(self.config.cert_file, self.config.key_file)
+        return ctx
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=100)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": "tensile"}
+        if self.config.refresh_api_key_hook is not None:
+            hook: Any = self.config.refresh_api_key_hook
+            res = hook(self.config)
+            if asyncio.iscoroutine(res):
+                await res
+        auth = self.config.api_key.get("authorization") or self.config.api_key.get("BearerToken")
+        if auth:
+            prefix = self.config.api_key_prefix.get("authorization", "")
+            headers["Authorization"] = f"{prefix} {auth}".strip() if prefix else auth
+        if content_type:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def request(
+        self,
+        method: str,
+        url_path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        timeout: float = 30.0,
+    ) -> JSON:
+        """One API call. Returns the decoded body; raises :class:`ApiError` on failure."""
+        await self.limiter.acquire()
+        self.requests += 1
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else orjson.dumps(body)
+            content_type = content_type or "application/json"
+        try:
+            async with self.session.request(
+                method, self.host + url_path, params=params, data=data,
+                headers=await self._headers(content_type), timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise ApiError.from_response(resp.status, raw, method, url_path)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApiError.connection(exc, method, url_path) from exc
+        if not raw:
+            return {}
+        decoded: JSON = orjson.loads(raw)
+        return decoded
+
+    async def get(self, url_path: str, **kw: Any) -> JSON:
+        return await self.request("GET", url_path, **kw)
+
+    async def create(self, url_path: str, body: JSON) -> JSON:
+        return await self.request("POST", url_path, body=body)
+
+    async def patch(self, url_path: str, body: Any, content_type: str = MERGE_PATCH) -> JSON:
+        return await self.request("PATCH", url_path, body=body, content_type=content_type)
+
+    async def replace(self, url_path: str, body: JSON) -> JSON:
+        return await self.request("PUT", url_path, body=body)
+
+    async def delete(self, url_path: str, body: JSON | None = None) -> JSON:
+        return await self.request("DELETE", url_path, body=body)
+
+    async def watch(
+        self, url_path: str, params: Mapping[str, str | int], timeout: float
+    ) -> AsyncIterator[JSON]:
+        """Yield watch events as dicts; ends when the server closes the stream."""
+        await self.limiter.acquire()
+        self.requests += 1
+        query = {**params, "watch": "1"}
+        try:
+            async with self.session.get(
+                self.host + url_path, params=query, headers=await self._headers(None),
+                timeout=aiohttp.ClientTimeout(total=timeout + 30, sock_read=timeout + 30),
+            ) as resp:
+                if resp.status >= 400:
+                    raise ApiError.from_response(resp.status, await resp.read(), "WATCH", url_path)
+                buf = b""
+                async for chunk in resp.content.iter_any():
+                    buf += chunk
+                    while True:
+                        nl = buf.find(b"\n")
+                        if nl < 0:
+                            break
+                        line, buf = buf[:nl], buf[nl + 1:]
+                        if line.strip():
+                            yield orjson.loads(line)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApiError.connection(exc, "WATCH", url_path) from exc

@@ -1,0 +1,61 @@
+"""API errors and which of them are worth retrying.
+
+Controllers must not swallow API errors: they retry what the apiserver or the
+network says is transient and surface everything else. This module is the
+single place that decides which is which.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, message: str, body: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.body = body or {}
+
+    @classmethod
+    def from_response(cls, status: int, raw: bytes, method: str, url_path: str) -> ApiError:
+        try:
+            body = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            body = {"message": raw[:500].decode(errors="replace")}
+        if not isinstance(body, dict):
+            body = {"message": str(body)[:500]}
+        return cls(status, str(body.get("reason", "")), f"{method} {url_path}: {body.get('message', '')}", body)
+
+    @classmethod
+    def connection(cls, exc: BaseException, method: str, url_path: str) -> ApiError:
+        return cls(0, "ConnectionError", f"{method} {url_path}: {type(exc).__name__}: {exc}")
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def already_exists(self) -> bool:
+        return self.status == 409 and self.reason == "AlreadyExists"
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 0 or self.status in RETRYABLE_STATUS or (self.status == 409 and not self.already_exists)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and exc.retryable

@@ -1,0 +1,158 @@
+"""A keyed, deduplicating, rate-limited work queue (client-go's workqueue in asyncio).
+
+Guarantees the controllers rely on:
+
+- a key waiting in the queue is there once, however often it is added;
+- a key is never processed by two workers at once; an add during
+  processing is remembered and the key comes back once the worker is done;
+- a failed key comes back after an exponential per-key backoff
+  (``base * 2**failures`` capped at ``max_delay``) until it succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("tensile.kube.workqueue")
+
+
+class WorkQueue:
+    def __init__(self, name: str, base_delay: float = 0.05, max_delay: float = 60.0) -> None:
+        self.name = name
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._dirty: set[str] = set()
+        self._processing: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._shutdown = False
+        self.processed = 0
+        self.retries = 0
+
+    def __len__(self) -> int:
+        return len(self._dirty)
+
+    def add(self, key: str) -> None:
+        if self._shutdown or key in self._dirty:
+            return
+        self._dirty.add(key)
+        if key not in self._processing:
+            self._queue.put_nowait(key)
+
+    def add_after(self, key: str, delay: float) -> None:
+        if delay <= 0:
+            self.add(key)
+            return
+        if self._shutdown:
+            return
+        loop = asyncio.get_running_loop()
+        existing = self._timers.get(key)
+        when = loop.time() + delay
+        if existing is not None:
+            if float(existing.when()) <= when:
+                return
+            existing.cancel()
+        self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def backoff(self, key: str) -> float:
+        failures = self._failures.get(key, 0)
+        return min(self.max_delay, self.base_delay * (2.0**failures))
+
+    def add_rate_limited(self, key: str) -> float:
+        delay = self.backoff(key)
+        self._failures[key] = self._failures.get(key, 0) + 1
+        self.retries += 1
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+    def failures(self, key: str) -> int:
+        return self._failures.get(key, 0)
+
+    async def get(self) -> str:
+        key = await self._queue.get()
+        self._dirty.discard(key)
+        self._processing.add(key)
+        return key
+
+    def done(self, key: str) -> None:
+        self._processing.discard(key)
+        self.processed += 1
+        if key in self._dirty:
+            self._queue.put_nowait(key)
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+
+class Workers:
+    """Worker loops over a queue, with a graceful stop.
+
+    ``handler(key)`` may return a delay to look at the key again later. A
+    handler that raises has its key retried with backoff, and ``on_error`` is
+    told so it can log or record an Event. ``stop()`` lets in-flight keys
+    finish (bounded by a timeout) so no object is left half-written.
+    """
+
+    def __init__(
+        self,
+        queue: WorkQueue,
+        handler: Callable[[str], Awaitable[float | None]],
+        count: int,
+        on_error: Callable[[str, BaseException], None],
+    ) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.count = count
+        self.on_error = on_error
+        self._busy: dict[int, bool] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def _worker(self, n: int) -> None:
+        while not self._stopping:
+            self._busy[n] = False
+            key = await self.queue.get()
+            self._busy[n] = True
+            try:
+                again = await self.handler(key)
+            except Exception as exc:  # noqa: BLE001 - every failure is reported and retried with backoff
+                self.on_error(key, exc)
+                self.queue.add_rate_limited(key)
+            else:
+                self.queue.forget(key)
+                if again is not None:
+                    self.queue.add_after(key, again)
+            finally:
+                self.queue.done(key)
+        self._busy[n] = False
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._worker(i), name=f"{self.queue.name}-worker-{i}") for i in range(self.count)
+        ]
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self.queue.shutdown()
+        for n, task in enumerate(self._tasks):
+            if not self._busy.get(n):
+                task.cancel()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                log.warning("%s: a worker did not finish within %.0fs; cancelling it", self.queue.name, timeout)
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)

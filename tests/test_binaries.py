@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import pytest
+
+from e2e import binaries
+
+
+def test_no_go_no_network_no_cache_gives_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TENSILE_K8S_BIN", raising=False)
+    monkeypatch.setenv("TENSILE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no go here
+    monkeypatch.setattr(binaries, "network_available", lambda *a, **k: False)
+    with pytest.raises(binaries.BinariesUnavailable) as err:
+        binaries.ensure_binaries()
+    msg = str(err.value)
+    assert "TENSILE_K8S_BIN" in msg and "network" in msg and "Go toolchain" in msg
+    assert "no `go` on PATH" in msg
+
+
+def test_cli_prints_the_error_and_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("TENSILE_K8S_BIN", raising=False)
+    monkeypatch.setenv("TENSILE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(binaries, "network_available", lambda *a, **k: False)
+    assert binaries.main(["--no-download"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_tensile_k8s_bin_must_hold_all_five(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "etcd").write_text("#!/bin/sh\n")
+    (tmp_path / "etcd").chmod(0o755)
+    monkeypatch.setenv("TENSILE_K8S_BIN", str(tmp_path))
+    with pytest.raises(binaries.BinariesUnavailable, match="kube-apiserver"):
+        binaries.ensure_binaries()
+
+
+def test_scratch_module_maps_staging_modules_to_published_versions() -> None:
+    upstream = "module k8s.io/kubernetes\n\ngo 1.24.0\n\nreplace (\n\tk8s.io/api => ./staging/src/k8s.io/api\n" \
+               "\tk8s.io/client-go => ./staging/src/k8s.io/client-go\n)\n"
+    k8s = binaries.components()[0]
+    mod = binaries.scratch_go_mod(k8s, upstream)
+    minor = k8s.version.split(".", 1)[1]
+    assert f"require k8s.io/kubernetes {k8s.version}" in mod
+    assert f"k8s.io/api => k8s.io/api v0.{minor}" in mod
+    assert f"k8s.io/client-go => k8s.io/client-go v0.{minor}" in mod
+    assert "go 1.24.0" in mod

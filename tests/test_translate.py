@@ -1,0 +1,208 @@
+import json
+from typing import Any
+
+import pytest
+
+from tensile import cluster_selector, translate
+from tensile import conventions as c
+
+OWNER = translate.Owner("upper-uid", "vk-a")
+
+
+def upper_pod(**spec: Any) -> dict[str, Any]:
+    base_spec: dict[str, Any] = {
+        "nodeName": "vk-a",
+        "schedulerName": "default-scheduler",
+        "priority": 0,
+        "serviceAccountName": "default",
+        "containers": [{"name": "app", "image": "nginx:1", "volumeMounts": [
+            {"name": "kube-api-access-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"},
+            {"name": "data", "mountPath": "/data"}]}],
+        "volumes": [
+            {"name": "kube-api-access-abcde", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token"}}, {"configMap": {"name": "kube-root-ca.crt"}}]}},
+            {"name": "data", "configMap": {"name": "cm"}},
+        ],
+        "tolerations": [
+            {"key": c.PROVIDER_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
+             "tolerationSeconds": 300},
+        ],
+        "nodeSelector": {c.VIRTUAL_NODE_TYPE_LABEL: c.VIRTUAL_NODE_TYPE_VALUE},
+    }
+    base_spec.update(spec)
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "resourceVersion": "42",
+                     "ownerReferences": [{"kind": "ReplicaSet", "name": "rs", "uid": "x", "controller": True}],
+                     "labels": {"app": "web"}, "annotations": {"note": "hi"},
+                     "creationTimestamp": "2020-01-01T00:00:00Z",
+                     "managedFields": [{}]},
+        "spec": base_spec,
+        "status": {"phase": "Pending"},
+    }
+
+
+def test_lower_pod_clears_identity_node_and_status_and_records_ownership() -> None:
+    low = translate.lower_pod(upper_pod(), OWNER)
+    meta = low["metadata"]
+    assert set(meta) == {"name", "namespace", "labels", "annotations"}
+    assert "status" not in low and "nodeName" not in low["spec"]
+    assert meta["labels"][c.VIRTUAL_POD_LABEL] == c.VIRTUAL_POD_VALUE
+    assert OWNER.owns(low)
+    assert meta["annotations"][c.UPPER_UID_ANNOTATION] == "u-1"
+    assert "priority" not in low["spec"] and "schedulerName" not in low["spec"]
+
+
+def test_lower_pod_drops_the_upper_token_volume_and_its_mounts() -> None:
+    low = translate.lower_pod(upper_pod(), OWNER)
+    assert [v["name"] for v in low["spec"]["volumes"]] == ["data"]
+    assert [m["name"] for m in low["spec"]["containers"][0]["volumeMounts"]] == ["data"]
+
+
+def test_lower_pod_restores_original_constraints_from_cluster_selector() -> None:
+    original = {
+        "nodeSelector": {"disktype": "ssd", c.CLUSTER_ID_LABEL: "lower-a"},
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}],
+    }
+    up = upper_pod(affinity={"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}})
+    up["metadata"]["annotations"][c.CLUSTER_SELECTOR_ANNOTATION] = cluster_selector.encode(original)
+    low = translate.lower_pod(up, OWNER)["spec"]
+    assert low["nodeSelector"] == {"disktype": "ssd"}  # clusterID pins the virtual node, not a lower node
+    assert low["affinity"]["nodeAffinity"] == original["affinity"]["nodeAffinity"]
+    assert "podAntiAffinity" in low["affinity"]
+    assert low["tolerations"] == original["tolerations"]
+
+
+def test_lower_pod_without_annotation_sheds_virtual_node_constraints() -> None:
+    low = translate.lower_pod(upper_pod(), OWNER)["spec"]
+    assert "nodeSelector" not in low
+    assert all(t["key"] != c.PROVIDER_TAINT_KEY for t in low["tolerations"])
+
+
+def test_malformed_cluster_selector_is_a_clear_error() -> None:
+    up = upper_pod()
+    up["metadata"]["annotations"][c.CLUSTER_SELECTOR_ANNOTATION] = "{not json"
+    with pytest.raises(ValueError, match=c.CLUSTER_SELECTOR_ANNOTATION):
+        translate.lower_pod(up, OWNER)
+
+
+def test_virtual_only_required_affinity_is_dropped_without_leaving_empty_terms() -> None:
+    aff = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": c.CLUSTER_ID_LABEL, "operator": "In", "values": ["x"]}]}]}}}
+    low = translate.lower_pod(upper_pod(affinity=aff), OWNER)["spec"]
+    assert "affinity" not in low
+
+
+def test_update_patch_carries_only_what_a_running_pod_may_change() -> None:
+    up = upper_pod()
+    lower = translate.lower_pod(up, OWNER)
+    assert translate.pod_update_patch(translate.lower_pod(up, OWNER), lower) is None
+    up["spec"]["containers"][0]["image"] = "nginx:2"
+    up["metadata"]["labels"] = {"app": "web", "tier": "front"}
+    up["spec"]["activeDeadlineSeconds"] = 60
+    up["spec"]["tolerations"].append({"key": "new", "operator": "Exists"})
+    up["spec"]["dnsPolicy"] = "None"  # immutable: must not be sent
+    patch = translate.pod_update_patch(translate.lower_pod(up, OWNER), lower)
+    assert patch is not None
+    assert patch["spec"]["containers"] == [{"name": "app", "image": "nginx:2"}]
+    assert patch["metadata"]["labels"] == {"tier": "front"}
+    assert patch["spec"]["activeDeadlineSeconds"] == 60
+    assert patch["spec"]["tolerations"][-1] == {"key": "new", "operator": "Exists"}
+    assert "dnsPolicy" not in patch["spec"]
+
+
+def test_update_patch_removes_deleted_labels_with_null() -> None:
+    up = upper_pod()
+    lower = translate.lower_pod(up, OWNER)
+    del up["metadata"]["labels"]["app"]
+    patch = translate.pod_update_patch(translate.lower_pod(up, OWNER), lower)
+    assert patch == {"metadata": {"labels": {"app": None}}}
+
+
+def test_upper_status_mirrors_lower_with_the_virtual_node_as_host() -> None:
+    lower = {"status": {"phase": "Running", "podIP": "10.9.0.5", "podIPs": [{"ip": "10.9.0.5"}],
+                        "hostIP": "192.168.1.10", "startTime": "t",
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "containerStatuses": [{"name": "app", "restartCount": 2, "ready": True}],
+                        "qosClass": "BestEffort"}}
+    up = upper_pod()
+    up["status"] = {"phase": "Pending", "qosClass": "Burstable",
+                    "conditions": [{"type": "PodScheduled", "status": "True"},
+                                   {"type": "example.com/gate", "status": "True"}]}
+    st = translate.upper_status(lower, up, "172.16.0.1")
+    assert st["phase"] == "Running" and st["podIP"] == "10.9.0.5"
+    assert st["hostIP"] == "172.16.0.1" and st["hostIPs"] == [{"ip": "172.16.0.1"}]
+    assert st["qosClass"] == "Burstable"
+    assert st["containerStatuses"][0]["restartCount"] == 2
+    assert {x["type"] for x in st["conditions"]} == {"Ready", "example.com/gate"}
+
+
+def test_status_patch_is_none_when_equal_and_nulls_removed_fields() -> None:
+    assert translate.status_patch({"phase": "Running"}, {"phase": "Running"}) is None
+    assert translate.status_patch({"phase": "Pending", "message": "m"}, {"phase": "Running"}) == {
+        "status": {"phase": "Running", "message": None}}
+
+
+def test_failed_status_marks_containers_terminated() -> None:
+    up = upper_pod()
+    up["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                    "containerStatuses": [{"name": "app", "ready": True, "state": {"running": {"startedAt": "t"}}}]}
+    st = translate.failed_status(up, "LowerPodDeleted", "gone")
+    assert st["phase"] == "Failed" and st["reason"] == "LowerPodDeleted"
+    assert st["containerStatuses"][0]["state"]["terminated"]["reason"] == "LowerPodDeleted"
+    assert st["conditions"][0]["status"] == "False"
+
+
+def test_lower_configmap_and_secret_copy_data_and_mark_global() -> None:
+    cm = {"metadata": {"name": "cm", "namespace": "ns", "resourceVersion": "7", "uid": "x"}, "data": {"k": "v"}}
+    low = translate.lower_object("configmaps", cm, OWNER)
+    assert low["data"] == {"k": "v"} and OWNER.owns(low)
+    assert low["metadata"]["annotations"][c.GLOBAL_ANNOTATION] == c.GLOBAL_VALUE
+    assert low["metadata"]["annotations"][c.UPPER_RESOURCE_VERSION_ANNOTATION] == "7"
+    assert "uid" not in low["metadata"]
+    secret = {"metadata": {"name": "s", "namespace": "ns"}, "type": "kubernetes.io/tls", "data": {"tls.crt": "eA=="}}
+    assert translate.lower_object("secrets", secret, OWNER)["type"] == "kubernetes.io/tls"
+
+
+def test_needs_update_follows_upper_resource_version() -> None:
+    cm = {"metadata": {"name": "cm", "namespace": "ns", "resourceVersion": "7"}, "data": {}}
+    low = translate.lower_object("configmaps", cm, OWNER)
+    assert not translate.needs_update("configmaps", low, low)
+    cm["metadata"]["resourceVersion"] = "8"
+    assert translate.needs_update("configmaps", translate.lower_object("configmaps", cm, OWNER), low)
+
+
+def test_lower_service_keeps_selector_and_drops_cluster_ips_and_node_ports() -> None:
+    svc = {"metadata": {"name": "web", "namespace": "ns"}, "spec": {
+        "type": "NodePort", "selector": {"app": "web"}, "clusterIP": "10.0.0.7", "clusterIPs": ["10.0.0.7"],
+        "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080, "protocol": "TCP"}]}}
+    low = translate.lower_object("services", svc, OWNER)["spec"]
+    assert low["selector"] == {"app": "web"} and low["type"] == "ClusterIP"
+    assert "clusterIP" not in low and "nodePort" not in low["ports"][0]
+
+
+def test_lower_pvc_keeps_only_portable_spec() -> None:
+    pvc = {"metadata": {"name": "d", "namespace": "ns"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+        "storageClassName": "manual", "volumeName": "pv-upper"}}
+    assert translate.lower_object("persistentvolumeclaims", pvc, OWNER)["spec"] == {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "storageClassName": "manual"}
+
+
+def test_ownership_distinguishes_other_virtual_nodes() -> None:
+    other = translate.lower_object("configmaps", {"metadata": {"name": "x", "namespace": "n"}},
+                                   translate.Owner("upper-uid", "vk-b"))
+    assert not OWNER.owns(other)
+    assert translate.owned_by_another_node(other, OWNER)
+    assert not translate.owned_by_another_node({"metadata": {"labels": {}}}, OWNER)
+
+
+def test_cluster_selector_round_trip() -> None:
+    spec = {"nodeSelector": {"a": "b"}, "tolerations": [{"key": "k"}], "affinity": None}
+    assert json.loads(cluster_selector.encode(spec)) == {"nodeSelector": {"a": "b"}, "tolerations": [{"key": "k"}]}
+    assert cluster_selector.decode(cluster_selector.encode(spec))["nodeSelector"] == {"a": "b"}
+    with pytest.raises(ValueError):
+        cluster_selector.decode("[]")

@@ -1,0 +1,97 @@
+import asyncio
+import itertools
+
+from tensile.kube.workqueue import Workers, WorkQueue
+
+
+async def test_a_key_added_many_times_is_processed_once() -> None:
+    q = WorkQueue("t")
+    for _ in range(5):
+        q.add("a")
+    q.add("b")
+    assert len(q) == 2
+    assert await q.get() == "a"
+    assert await q.get() == "b"
+
+
+async def test_a_key_is_never_processed_by_two_workers_at_once() -> None:
+    q = WorkQueue("t")
+    running: set[str] = set()
+    overlaps = 0
+    calls = 0
+
+    async def handler(key: str) -> None:
+        nonlocal overlaps, calls
+        calls += 1
+        if key in running:
+            overlaps += 1
+        running.add(key)
+        await asyncio.sleep(0.01)
+        if calls < 5:
+            q.add(key)  # re-added while processing: must wait for done()
+        running.discard(key)
+
+    w = Workers(q, handler, 4, lambda k, e: None)
+    w.start()
+    q.add("k")
+    await asyncio.sleep(0.3)
+    await w.stop()
+    assert calls == 5
+    assert overlaps == 0
+
+
+async def test_failures_are_retried_with_growing_backoff_then_forgotten() -> None:
+    q = WorkQueue("t", base_delay=0.01, max_delay=1)
+    attempts: list[float] = []
+    errors: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    async def handler(key: str) -> None:
+        attempts.append(loop.time())
+        if len(attempts) < 4:
+            raise RuntimeError("boom")
+
+    w = Workers(q, handler, 1, lambda k, e: errors.append(str(e)))
+    w.start()
+    q.add("k")
+    for _ in range(100):
+        if len(attempts) >= 4:
+            break
+        await asyncio.sleep(0.02)
+    await w.stop()
+    assert len(attempts) == 4 and errors == ["boom"] * 3
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[2] > gaps[0]
+    assert q.failures("k") == 0
+
+
+async def test_returned_delay_requeues_the_key_later() -> None:
+    q = WorkQueue("t")
+    seen: list[str] = []
+
+    async def handler(key: str) -> float | None:
+        seen.append(key)
+        return 0.05 if len(seen) == 1 else None
+
+    w = Workers(q, handler, 1, lambda k, e: None)
+    w.start()
+    q.add("k")
+    await asyncio.sleep(0.3)
+    await w.stop()
+    assert seen == ["k", "k"]
+
+
+async def test_stop_lets_an_in_flight_key_finish() -> None:
+    q = WorkQueue("t")
+    finished = asyncio.Event()
+
+    async def handler(key: str) -> None:
+        await asyncio.sleep(0.1)
+        finished.set()
+
+    w = Workers(q, handler, 2, lambda k, e: None)
+    w.start()
+    q.add("k")
+    await asyncio.sleep(0.02)
+    await w.stop(timeout=5)
+    assert finished.is_set()
