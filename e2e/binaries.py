@@ -205,6 +205,14 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
     return proc.stdout
 
 
+def go_binary_name(package: str) -> str:
+    """The file ``go build -o dir/`` writes: the last path element, skipping a ``/vN`` suffix."""
+    parts = package.split("/")
+    if len(parts) > 1 and re.fullmatch(r"v\d+", parts[-1]):
+        return parts[-2]
+    return parts[-1]
+
+
 def go_build(c: Component, dest: Path, go: str) -> None:
     work = dest.parent / "build" / c.cache_key
     shutil.rmtree(work, ignore_errors=True)
@@ -223,11 +231,9 @@ def go_build(c: Component, dest: Path, go: str) -> None:
     out = work / "out"
     out.mkdir()
     _run([go, "build", "-trimpath", f"-ldflags={c.ldflags}", "-o", str(out) + "/", *c.packages], work, env)
-    built = {p.name for p in out.iterdir()}
-    # A module's root main package is named after its last path element ("v3" for etcd).
     for pkg, binary in zip(c.packages, c.binaries, strict=True):
-        produced = pkg.rsplit("/", 1)[-1]
-        if produced != binary and produced in built:
+        produced = go_binary_name(pkg)
+        if produced != binary:
             (out / produced).rename(out / binary)
     _publish(out, dest)
     shutil.rmtree(work, ignore_errors=True)

@@ -323,9 +323,15 @@ class LocalCluster:
         for proc in ("kube-controller-manager", "kube-scheduler", "kwok"):
             if not self.processes[proc].alive():
                 raise ComponentFailed(f"{proc} exited during start-up:\n{self.processes[proc].log_tail()}")
-        self.processes["kube-controller-manager"].wait_ready(
-            lambda: bool(self.core.read_namespaced_service_account("default", "default")), START_TIMEOUT
-        )
+        def default_sa() -> bool:
+            try:
+                return bool(self.core.read_namespaced_service_account("default", "default"))
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return False
+                raise
+
+        self.processes["kube-controller-manager"].wait_ready(default_sa, START_TIMEOUT)
 
     # --- nodes -------------------------------------------------------------------
 

@@ -162,6 +162,10 @@ def config_yaml(pod_cidr: str, node_ip: str) -> str:
                 "manageAllNodes": False,
                 "manageNodesWithAnnotationSelector": f"{MANAGED_ANNOTATION}={MANAGED_VALUE}",
                 "nodeLeaseDurationSeconds": 40,
+                # Defaults kwok documents but does not apply when a config file is given.
+                "nodeLeaseParallelism": 4,
+                "nodePlayStageParallelism": 4,
+                "podPlayStageParallelism": 8,
             },
         },
         *stages(),

@@ -42,6 +42,7 @@ NODE_LEASE_NAMESPACE: Final = "kube-node-lease"
 KUBE_SYSTEM: Final = "kube-system"
 SERVICE_ACCOUNT_TOKEN_PREFIX: Final = "kube-api-access-"
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
 
 # --- New in tensile -------------------------------------------------------------
 PREFIX: Final = "tensile.io/"

@@ -110,12 +110,7 @@ def lower_pod(upper: JSON, owner: Owner) -> JSON:
                     container.pop("volumeMounts", None)
 
     annotation = (meta.get("annotations") or {}).get(c.CLUSTER_SELECTOR_ANNOTATION)
-    constraints = cluster_selector.lower_constraints(spec, annotation)
-    for field, value in constraints.items():
-        if value is None:
-            spec.pop(field, None)
-        else:
-            spec[field] = value
+    spec = cluster_selector.restore_constraints(spec, annotation)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": out_meta, "spec": spec}
 
 

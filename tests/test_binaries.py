@@ -46,3 +46,9 @@ def test_scratch_module_maps_staging_modules_to_published_versions() -> None:
     assert f"k8s.io/api => k8s.io/api v0.{minor}" in mod
     assert f"k8s.io/client-go => k8s.io/client-go v0.{minor}" in mod
     assert "go 1.24.0" in mod
+
+
+def test_go_binary_names_skip_major_version_suffix() -> None:
+    assert binaries.go_binary_name("go.etcd.io/etcd/server/v3") == "server"
+    assert binaries.go_binary_name("k8s.io/kubernetes/cmd/kube-apiserver") == "kube-apiserver"
+    assert binaries.go_binary_name("sigs.k8s.io/kwok/cmd/kwok") == "kwok"

@@ -1,0 +1,183 @@
+"""``tensile webhook`` argument handling: the three forms and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from tensile.conventions import CLUSTER_ID_LABEL
+from webhook import cli
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tensile")
+    subparsers = parser.add_subparsers(dest="command")
+    cli.register(subparsers)
+    return parser.parse_args(["webhook", *argv])
+
+
+def run(*argv: str) -> int:
+    args = parse(*argv)
+    code: int = args.func(args)
+    return code
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tensile webhook: error: ")
+    assert "\n" not in err
+    assert "Traceback" not in err
+    return err
+
+
+def test_serving_is_the_default_form() -> None:
+    args = parse("--port", "9443", "--tls-cert-file", "c", "--tls-key-file", "k")
+    assert args.func is cli._run_serve
+    assert args.port == 9443
+    assert args.ignore_selector_keys == frozenset({CLUSTER_ID_LABEL})
+    assert args.virtual_node_selector is True
+    assert args.log_level == "INFO"
+
+
+def test_serving_flags() -> None:
+    args = parse(
+        "--ignore-selector-keys",
+        f"{CLUSTER_ID_LABEL}, region",
+        "--no-virtual-node-selector",
+        "-v",
+        "--unreachable-toleration-seconds",
+        "60",
+        "--kubeconfig",
+        "k",
+    )
+    assert args.ignore_selector_keys == frozenset({CLUSTER_ID_LABEL, "region"})
+    assert args.virtual_node_selector is False
+    assert args.unreachable_toleration_seconds == 60
+    assert args.log_level == "DEBUG"
+
+
+def test_bad_port_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--port", "99999")
+    assert exit_info.value.code == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_serving_without_certificate_fails_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--port", "0") == 2
+    assert "--tls-cert-file is required" in one_line_error(capsys)
+
+
+def test_serving_with_missing_files_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--tls-cert-file", str(tmp_path / "nope.crt"), "--tls-key-file", str(tmp_path / "nope.key")) == 2
+    assert "no such file" in one_line_error(capsys)
+
+
+def test_serving_with_a_bad_certificate_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c").write_text("junk")
+    (tmp_path / "k").write_text("junk")
+    assert run("--tls-cert-file", str(tmp_path / "c"), "--tls-key-file", str(tmp_path / "k")) == 2
+    assert "cannot load the TLS certificate/key" in one_line_error(capsys)
+
+
+def test_certs_writes_the_four_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pki"
+    assert run("certs", str(out), "--host", "127.0.0.1", "--dns", "tensile-webhook.ns.svc") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "ca.key", "tls.crt", "tls.key"]
+    assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+def test_certs_without_sans_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("certs", str(tmp_path)) == 2
+    one_line_error(capsys)
+
+
+def test_install_dry_run_prints_the_configuration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    generated = tmp_path / "pki"
+    run("certs", str(generated), "--host", "127.0.0.1")
+    capsys.readouterr()
+    code = run(
+        "install",
+        "--url",
+        "https://127.0.0.1:8443/mutate",
+        "--ca-file",
+        str(generated / "ca.crt"),
+        "--failure-policy",
+        "Ignore",
+        "--dry-run",
+    )
+    assert code == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["kind"] == "MutatingWebhookConfiguration"
+    assert manifest["webhooks"][0]["failurePolicy"] == "Ignore"
+
+
+def test_install_service_form_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    generated = tmp_path / "pki"
+    run("certs", str(generated), "--dns", "w.ns.svc")
+    capsys.readouterr()
+    assert run("install", "--service", "ns/w:9443", "--ca-file", str(generated / "ca.crt"), "--dry-run") == 0
+    service = json.loads(capsys.readouterr().out)["webhooks"][0]["clientConfig"]["service"]
+    assert service == {"namespace": "ns", "name": "w", "path": "/mutate", "port": 9443}
+
+
+def test_install_requires_a_target(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("install", "--ca-file", "ca.crt")
+    assert exit_info.value.code == 2
+
+
+def test_install_with_missing_ca_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("install", "--url", "https://h/mutate", "--ca-file", str(tmp_path / "ca.crt")) == 2
+    assert "--ca-file" in one_line_error(capsys)
+
+
+def test_install_with_bad_service_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert run("install", "--service", "nope", "--ca-file", str(tmp_path / "ca.crt")) == 2
+    assert "NAMESPACE/NAME" in one_line_error(capsys)
+
+
+def test_install_with_http_url_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert run("install", "--url", "http://h/mutate", "--ca-file", str(tmp_path / "ca.crt")) == 2
+    assert "https" in one_line_error(capsys)
+
+
+def test_install_with_missing_kubeconfig_fails_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    code = run(
+        "install",
+        "--url",
+        "https://h/mutate",
+        "--ca-file",
+        str(tmp_path / "ca.crt"),
+        "--kubeconfig",
+        str(tmp_path / "kubeconfig"),
+    )
+    assert code == 2
+    assert "--kubeconfig" in one_line_error(capsys)
+
+
+def test_install_against_unreachable_cluster_fails_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("not: a kubeconfig\n")
+    code = run(
+        "install", "--url", "https://h/mutate", "--ca-file", str(tmp_path / "ca.crt"), "--kubeconfig", str(kubeconfig)
+    )
+    assert code == 1
+    assert "cannot install" in one_line_error(capsys)
+
+
+def test_log_level_flag_after_sub_subcommand_is_accepted(tmp_path: Path) -> None:
+    args = parse("certs", str(tmp_path), "--host", "127.0.0.1", "--log-level", "warning")
+    assert args.log_level == "WARNING"
+    assert parse("-v", "certs", str(tmp_path)).log_level == "DEBUG"

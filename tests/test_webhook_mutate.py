@@ -1,0 +1,860 @@
+"""Unit and property tests of webhook.mutate: the pod -> JSONPatch rules and their inverse."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tensile.cluster_selector import restore_constraints
+from tensile.conventions import (
+    CLUSTER_ID_LABEL,
+    CLUSTER_SELECTOR_ANNOTATION,
+    KUBE_SYSTEM,
+    NOT_READY_TAINT,
+    PROVIDER_TAINT_EFFECT,
+    PROVIDER_TAINT_KEY,
+    PROVIDER_TAINT_VALUE,
+    UNREACHABLE_TAINT,
+    VIRTUAL_NODE_TYPE_LABEL,
+    VIRTUAL_NODE_TYPE_VALUE,
+    VIRTUAL_POD_LABEL,
+    VIRTUAL_POD_VALUE,
+)
+from webhook.mutate import (
+    MalformedPodError,
+    MutateOptions,
+    mutate_pod,
+    pointer_escape,
+)
+
+REQ = "requiredDuringSchedulingIgnoredDuringExecution"
+PREF = "preferredDuringSchedulingIgnoredDuringExecution"
+PROVIDER_TOLERATION = {"key": PROVIDER_TAINT_KEY, "operator": "Exists", "effect": PROVIDER_TAINT_EFFECT}
+NOT_READY_FOREVER = {"key": NOT_READY_TAINT, "operator": "Exists", "effect": "NoExecute"}
+UNREACHABLE_FOREVER = {"key": UNREACHABLE_TAINT, "operator": "Exists", "effect": "NoExecute"}
+# What the DefaultTolerationSeconds admission plugin adds before webhooks run.
+NOT_READY_300 = {**NOT_READY_FOREVER, "tolerationSeconds": 300}
+UNREACHABLE_300 = {**UNREACHABLE_FOREVER, "tolerationSeconds": 300}
+
+
+def make_pod(spec: dict[str, Any] | None = None, *, labels: dict[str, str] | None = None, **metadata: Any) -> dict:
+    meta: dict[str, Any] = {"name": "p", "namespace": "default"}
+    meta["labels"] = {VIRTUAL_POD_LABEL: VIRTUAL_POD_VALUE} if labels is None else labels
+    meta.update(metadata)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "c"}], **(spec or {})},
+    }
+
+
+def expr(key: str, operator: str = "In", *values: str) -> dict[str, Any]:
+    result: dict[str, Any] = {"key": key, "operator": operator}
+    if operator in ("In", "NotIn", "Gt", "Lt"):
+        result["values"] = list(values) or ["v"]
+    return result
+
+
+def required(*terms: dict[str, Any]) -> dict[str, Any]:
+    return {"nodeAffinity": {REQ: {"nodeSelectorTerms": list(terms)}}}
+
+
+def apiserver_view(pod: dict) -> dict:
+    """The pod as kube-apiserver serialises it: nulls and Go ``omitempty`` empty maps/lists gone."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    view = strip(pod)
+    for parent, field in (
+        (view["metadata"], "annotations"),
+        (view["metadata"], "labels"),
+        (view["spec"], "nodeSelector"),
+        (view["spec"], "tolerations"),
+    ):
+        if field in parent and not parent[field]:
+            del parent[field]
+    return view
+
+
+def _unescape(token: str) -> str:
+    return token.replace("~1", "/").replace("~0", "~")
+
+
+def apply(pod: dict, patch: list[dict]) -> dict:
+    """Apply an RFC 6902 patch strictly, as kube-apiserver does: a missing parent, or ``remove`` /
+    ``replace`` of a missing member, is an error. Only the operations the webhook may emit."""
+    doc = copy.deepcopy(pod)
+    for op in patch:
+        assert set(op) <= {"op", "path", "value"}, op
+        assert op["path"].startswith("/"), op
+        *parents, last = [_unescape(t) for t in op["path"][1:].split("/")]
+        target: Any = doc
+        for token in parents:
+            if isinstance(target, list):
+                target = target[int(token)]
+            elif isinstance(target, dict) and token in target:
+                target = target[token]
+            else:
+                raise KeyError(f"{op['path']}: missing parent {token!r}")
+        assert isinstance(target, dict), f"{op['path']}: parent is not an object"
+        if op["op"] == "add":
+            target[last] = copy.deepcopy(op["value"])
+        elif op["op"] in ("remove", "replace"):
+            if last not in target:
+                raise KeyError(f"{op['path']}: {op['op']} of a missing member")
+            if op["op"] == "remove":
+                del target[last]
+            else:
+                target[last] = copy.deepcopy(op["value"])
+        else:
+            raise AssertionError(f"unexpected op {op}")
+    return doc
+
+
+def test_apply_helper_is_strict() -> None:
+    doc = {"metadata": {"annotations": {"a/b": "1"}}, "spec": {}}
+    assert apply(doc, [{"op": "add", "path": "/metadata/annotations/a~1b", "value": "2"}])["metadata"] == {
+        "annotations": {"a/b": "2"}
+    }
+    with pytest.raises(KeyError):
+        apply(doc, [{"op": "remove", "path": "/spec/nodeSelector"}])
+    with pytest.raises(KeyError):
+        apply(doc, [{"op": "add", "path": "/status/phase", "value": "x"}])
+    assert doc == {"metadata": {"annotations": {"a/b": "1"}}, "spec": {}}
+
+
+def mutated(pod: dict, options: MutateOptions | None = None) -> dict:
+    view = apiserver_view(pod)
+    return apply(view, mutate_pod(view, options or MutateOptions()))
+
+
+def saved(pod: dict) -> dict:
+    return json.loads(pod["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION])
+
+
+def required_terms(spec: dict) -> list[dict] | None:
+    block = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(REQ)
+    return None if block is None else block["nodeSelectorTerms"]
+
+
+# --- when the webhook leaves a pod alone ------------------------------------------------------------
+
+
+def test_pod_without_virtual_pod_label_is_not_mutated() -> None:
+    assert mutate_pod(make_pod({"nodeSelector": {"zone": "x"}}, labels={"app": "a"}), MutateOptions()) == []
+
+
+def test_pod_with_other_virtual_pod_label_value_is_not_mutated() -> None:
+    assert mutate_pod(make_pod(labels={VIRTUAL_POD_LABEL: "false"}), MutateOptions()) == []
+
+
+def test_pod_without_labels_or_metadata_is_not_mutated() -> None:
+    assert mutate_pod({"spec": {}}, MutateOptions()) == []
+    assert mutate_pod({"metadata": {"labels": None}, "spec": {}}, MutateOptions()) == []
+
+
+def test_kube_system_pod_is_not_mutated() -> None:
+    assert mutate_pod(make_pod(namespace=KUBE_SYSTEM), MutateOptions()) == []
+
+
+def test_kube_system_from_request_namespace_is_not_mutated() -> None:
+    pod = make_pod()
+    del pod["metadata"]["namespace"]
+    assert mutate_pod(pod, MutateOptions(), namespace=KUBE_SYSTEM) == []
+    assert mutate_pod(pod, MutateOptions(), namespace="default") != []
+
+
+def test_pod_with_cluster_selector_annotation_is_not_mutated() -> None:
+    pod = make_pod({"nodeSelector": {"zone": "x"}}, annotations={CLUSTER_SELECTOR_ANNOTATION: "{}"})
+    assert mutate_pod(pod, MutateOptions()) == []
+
+
+def test_mutation_is_idempotent() -> None:
+    pod = make_pod({"nodeSelector": {"zone": "x"}, "affinity": required({"matchExpressions": [expr("zone")]})})
+    once = mutated(pod)
+    assert mutate_pod(once, MutateOptions()) == []
+
+
+# --- the clusterSelector annotation --------------------------------------------------------------------
+
+
+def test_original_constraints_are_saved_in_cluster_selector_annotation() -> None:
+    affinity = required({"matchExpressions": [expr("zone"), expr(CLUSTER_ID_LABEL)]})
+    tolerations = [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    pod = make_pod(
+        {"nodeSelector": {"zone": "x", CLUSTER_ID_LABEL: "a"}, "affinity": affinity, "tolerations": tolerations}
+    )
+    annotation = mutated(pod)["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION]
+    assert isinstance(annotation, str)
+    assert json.loads(annotation) == {
+        "nodeSelector": {"zone": "x", CLUSTER_ID_LABEL: "a"},
+        "affinity": affinity,
+        "tolerations": tolerations,
+    }
+    assert list(json.loads(annotation)) == ["nodeSelector", "affinity", "tolerations"]  # Tensile Kube's order
+
+
+def test_absent_and_null_fields_are_omitted_from_annotation() -> None:
+    pod = make_pod({"nodeSelector": None, "affinity": None})
+    assert mutate_pod(pod, MutateOptions())[0]["value"] == {CLUSTER_SELECTOR_ANNOTATION: "{}"}
+
+
+def test_annotations_map_is_added_when_absent() -> None:
+    patch = mutate_pod(make_pod(), MutateOptions())
+    assert patch[0]["op"] == "add"
+    assert patch[0]["path"] == "/metadata/annotations"
+    assert set(patch[0]["value"]) == {CLUSTER_SELECTOR_ANNOTATION}
+
+
+def test_annotation_is_added_into_existing_annotations() -> None:
+    pod = make_pod(annotations={"a/b~c": "keep"})
+    patch = mutate_pod(pod, MutateOptions())
+    assert patch[0] == {
+        "op": "add",
+        "path": "/metadata/annotations/" + pointer_escape(CLUSTER_SELECTOR_ANNOTATION),
+        "value": "{}",
+    }
+    result = apply(pod, patch)
+    assert result["metadata"]["annotations"]["a/b~c"] == "keep"
+    assert CLUSTER_SELECTOR_ANNOTATION in result["metadata"]["annotations"]
+
+
+def test_empty_annotations_map_is_replaced_whole() -> None:
+    patch = mutate_pod(make_pod(annotations={}), MutateOptions())
+    assert patch[0]["path"] == "/metadata/annotations"
+
+
+def test_pointer_escape_escapes_tilde_then_slash() -> None:
+    assert pointer_escape("a/b") == "a~1b"
+    assert pointer_escape("a~b") == "a~0b"
+    assert pointer_escape("~/") == "~0~1"
+    assert pointer_escape("~1") == "~01"
+
+
+# --- nodeSelector ----------------------------------------------------------------------------------
+
+
+def test_node_selector_keys_are_removed() -> None:
+    spec = mutated(make_pod({"nodeSelector": {"zone": "x", "disk": "ssd"}}))["spec"]
+    assert spec["nodeSelector"] == {VIRTUAL_NODE_TYPE_LABEL: VIRTUAL_NODE_TYPE_VALUE}
+
+
+def test_cluster_id_selector_key_is_kept() -> None:
+    spec = mutated(make_pod({"nodeSelector": {"zone": "x", CLUSTER_ID_LABEL: "a"}}))["spec"]
+    assert spec["nodeSelector"] == {CLUSTER_ID_LABEL: "a", VIRTUAL_NODE_TYPE_LABEL: VIRTUAL_NODE_TYPE_VALUE}
+
+
+def test_custom_ignore_selector_keys_are_kept() -> None:
+    options = MutateOptions(ignore_selector_keys=frozenset({"region"}))
+    spec = mutated(make_pod({"nodeSelector": {"region": "eu", CLUSTER_ID_LABEL: "a"}}), options)["spec"]
+    assert spec["nodeSelector"] == {"region": "eu", VIRTUAL_NODE_TYPE_LABEL: VIRTUAL_NODE_TYPE_VALUE}
+
+
+def test_virtual_node_selector_is_added() -> None:
+    spec = mutated(make_pod())["spec"]
+    assert spec["nodeSelector"] == {VIRTUAL_NODE_TYPE_LABEL: VIRTUAL_NODE_TYPE_VALUE}
+
+
+def test_virtual_node_selector_is_not_added_when_disabled() -> None:
+    options = MutateOptions(add_virtual_node_selector=False)
+    assert "nodeSelector" not in mutated(make_pod(), options)["spec"]
+    assert not any(op["path"] == "/spec/nodeSelector" for op in mutate_pod(make_pod(), options))
+
+
+def test_node_selector_is_removed_when_nothing_is_left() -> None:
+    options = MutateOptions(add_virtual_node_selector=False)
+    pod = make_pod({"nodeSelector": {"zone": "x"}})
+    assert {"op": "remove", "path": "/spec/nodeSelector"} in mutate_pod(pod, options)
+    assert "nodeSelector" not in mutated(pod, options)["spec"]
+
+
+def test_node_selector_already_relaxed_is_not_patched() -> None:
+    pod = make_pod({"nodeSelector": {CLUSTER_ID_LABEL: "a", VIRTUAL_NODE_TYPE_LABEL: VIRTUAL_NODE_TYPE_VALUE}})
+    assert not any(op["path"] == "/spec/nodeSelector" for op in mutate_pod(pod, MutateOptions()))
+
+
+# --- required node affinity ------------------------------------------------------------------------------
+
+
+def test_required_node_affinity_expressions_are_removed_except_ignore_keys() -> None:
+    pod = make_pod({"affinity": required({"matchExpressions": [expr("zone"), expr(CLUSTER_ID_LABEL, "In", "a")]})})
+    assert required_terms(mutated(pod)["spec"]) == [{"matchExpressions": [expr(CLUSTER_ID_LABEL, "In", "a")]}]
+
+
+def test_required_node_affinity_match_fields_are_removed() -> None:
+    term = {"matchFields": [expr("metadata.name", "In", "lower-node-1")], "matchExpressions": [expr(CLUSTER_ID_LABEL)]}
+    assert required_terms(mutated(make_pod({"affinity": required(term)}))["spec"]) == [
+        {"matchExpressions": [expr(CLUSTER_ID_LABEL)]}
+    ]
+
+
+def test_required_block_is_dropped_when_no_requirement_remains() -> None:
+    pod = make_pod({"affinity": required({"matchExpressions": [expr("zone")]})})
+    patch = mutate_pod(pod, MutateOptions())
+    assert {"op": "remove", "path": "/spec/affinity"} in patch
+    assert "affinity" not in mutated(pod)["spec"]
+
+
+def test_term_with_only_lower_node_requirements_makes_the_whole_or_unconstrained() -> None:
+    # zone=x (any cluster) OR clusterID=a: a virtual node of any cluster may hold a zone-x node, so
+    # keeping only the clusterID term would wrongly pin the pod to cluster a.
+    pod = make_pod(
+        {"affinity": required({"matchExpressions": [expr("zone")]}, {"matchExpressions": [expr(CLUSTER_ID_LABEL)]})}
+    )
+    assert "affinity" not in mutated(pod)["spec"]
+
+
+def test_term_keeps_match_fields_when_its_expressions_are_emptied() -> None:
+    options = MutateOptions(ignore_selector_keys=frozenset({"metadata.name"}))
+    term = {"matchExpressions": [expr("zone")], "matchFields": [expr("metadata.name", "In", "vk-a")]}
+    assert required_terms(mutated(make_pod({"affinity": required(term)}), options)["spec"]) == [
+        {"matchFields": [expr("metadata.name", "In", "vk-a")]}
+    ]
+
+
+def test_term_that_was_empty_to_begin_with_is_kept() -> None:
+    terms = [{}, {"matchExpressions": [expr(CLUSTER_ID_LABEL)]}]
+    pod = make_pod({"affinity": required(*terms)})
+    assert required_terms(mutated(pod)["spec"]) == terms
+
+
+def test_empty_node_selector_terms_list_is_dropped() -> None:
+    pod = make_pod({"affinity": {"nodeAffinity": {REQ: {"nodeSelectorTerms": []}}}})
+    assert "affinity" not in mutated(pod)["spec"]
+
+
+def test_preferred_node_affinity_and_pod_affinity_are_untouched() -> None:
+    preferred = [{"weight": 5, "preference": {"matchExpressions": [expr("disk", "In", "ssd")]}}]
+    pod_affinity = {REQ: [{"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "zone"}]}
+    affinity = {
+        "nodeAffinity": {REQ: {"nodeSelectorTerms": [{"matchExpressions": [expr("zone")]}]}, PREF: preferred},
+        "podAffinity": pod_affinity,
+        "podAntiAffinity": pod_affinity,
+    }
+    spec = mutated(make_pod({"affinity": affinity}))["spec"]
+    assert spec["affinity"] == {
+        "nodeAffinity": {PREF: preferred},
+        "podAffinity": pod_affinity,
+        "podAntiAffinity": pod_affinity,
+    }
+
+
+def test_affinity_without_required_node_affinity_is_not_patched() -> None:
+    affinity = {"podAntiAffinity": {PREF: []}, "nodeAffinity": {PREF: []}}
+    assert not any(
+        op["path"] == "/spec/affinity" for op in mutate_pod(make_pod({"affinity": affinity}), MutateOptions())
+    )
+
+
+def test_empty_affinity_is_left_alone() -> None:
+    pod = make_pod({"affinity": {}})
+    assert not any(op["path"] == "/spec/affinity" for op in mutate_pod(pod, MutateOptions()))
+    assert mutated(pod)["spec"]["affinity"] == {}
+    assert saved(mutated(pod))["affinity"] == {}
+
+
+# --- tolerations -----------------------------------------------------------------------------------
+
+
+def test_provider_taint_toleration_is_added() -> None:
+    assert PROVIDER_TOLERATION in mutated(make_pod())["spec"]["tolerations"]
+
+
+def test_provider_taint_toleration_is_not_duplicated() -> None:
+    own = {
+        "key": PROVIDER_TAINT_KEY,
+        "operator": "Equal",
+        "value": PROVIDER_TAINT_VALUE,
+        "effect": PROVIDER_TAINT_EFFECT,
+    }
+    tolerations = mutated(make_pod({"tolerations": [own]}))["spec"]["tolerations"]
+    assert [t for t in tolerations if t.get("key") == PROVIDER_TAINT_KEY] == [own]
+
+
+def test_not_ready_and_unreachable_tolerations_are_added_forever() -> None:
+    tolerations = mutated(make_pod())["spec"]["tolerations"]
+    assert NOT_READY_FOREVER in tolerations
+    assert UNREACHABLE_FOREVER in tolerations
+
+
+def test_existing_unbounded_not_ready_toleration_is_not_duplicated() -> None:
+    tolerations = mutated(make_pod({"tolerations": [NOT_READY_FOREVER]}))["spec"]["tolerations"]
+    assert tolerations.count(NOT_READY_FOREVER) == 1
+
+
+def test_default_300s_tolerations_are_replaced_on_the_upper_pod() -> None:
+    pod = make_pod({"tolerations": [NOT_READY_300, UNREACHABLE_300]})
+    result = mutated(pod)
+    assert NOT_READY_300 not in result["spec"]["tolerations"]
+    assert UNREACHABLE_300 not in result["spec"]["tolerations"]
+    assert NOT_READY_FOREVER in result["spec"]["tolerations"]
+    assert saved(result)["tolerations"] == [NOT_READY_300, UNREACHABLE_300]  # restored downstairs
+
+
+def test_bounded_unreachable_toleration_seconds_option() -> None:
+    options = MutateOptions(unreachable_toleration_seconds=600)
+    tolerations = mutated(
+        make_pod({"tolerations": [NOT_READY_300, {**UNREACHABLE_FOREVER, "tolerationSeconds": 900}]}), options
+    )["spec"]["tolerations"]
+    assert {**NOT_READY_FOREVER, "tolerationSeconds": 600} in tolerations
+    assert NOT_READY_300 not in tolerations
+    assert {**UNREACHABLE_FOREVER, "tolerationSeconds": 900} in tolerations  # already long enough
+    assert not any(t.get("tolerationSeconds") == 600 and t["key"] == UNREACHABLE_TAINT for t in tolerations)
+
+
+def test_unreachable_tolerations_are_not_added_when_disabled() -> None:
+    options = MutateOptions(add_unreachable_tolerations=False)
+    tolerations = mutated(make_pod({"tolerations": [NOT_READY_300]}), options)["spec"]["tolerations"]
+    assert tolerations == [NOT_READY_300, PROVIDER_TOLERATION]
+
+
+def test_user_tolerations_are_kept_on_the_upper_pod() -> None:
+    user = [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}, {"key": "dedicated", "value": "x"}]
+    tolerations = mutated(make_pod({"tolerations": user}))["spec"]["tolerations"]
+    assert tolerations[:2] == user
+    assert tolerations[2:] == [PROVIDER_TOLERATION, NOT_READY_FOREVER, UNREACHABLE_FOREVER]
+
+
+def test_wildcard_toleration_needs_nothing_added() -> None:
+    wildcard = {"operator": "Exists"}
+    assert mutated(make_pod({"tolerations": [wildcard]}))["spec"]["tolerations"] == [wildcard]
+
+
+def test_pod_with_1000_tolerations() -> None:
+    user = [{"key": f"k{i}", "operator": "Equal", "value": str(i), "effect": "NoSchedule"} for i in range(1000)]
+    result = mutated(make_pod({"tolerations": user}))
+    assert result["spec"]["tolerations"][:1000] == user
+    assert len(result["spec"]["tolerations"]) == 1003
+    assert saved(result)["tolerations"] == user
+
+
+# --- patch shape and validity -------------------------------------------------------------------------
+
+
+def test_patch_replaces_whole_fields_only() -> None:
+    pod = make_pod(
+        {
+            "nodeSelector": {"zone": "x"},
+            "affinity": required({"matchExpressions": [expr(CLUSTER_ID_LABEL), expr("zone")]}),
+            "tolerations": [{"key": "gpu", "operator": "Exists"}],
+        }
+    )
+    paths = [op["path"] for op in mutate_pod(pod, MutateOptions())]
+    assert paths == ["/metadata/annotations", "/spec/nodeSelector", "/spec/affinity", "/spec/tolerations"]
+
+
+def test_patch_applies_to_what_the_apiserver_sends() -> None:
+    pod = make_pod({"nodeSelector": {}, "tolerations": [], "affinity": None}, annotations={})
+    view = apiserver_view(pod)
+    patch = mutate_pod(view, MutateOptions())
+    apply(view, patch)  # strict apply raises on a bad path
+    assert all(op["op"] in ("add", "remove") for op in patch)
+
+
+def test_null_fields_are_treated_as_absent() -> None:
+    pod = make_pod({"nodeSelector": None, "affinity": None, "tolerations": None}, annotations=None)
+    result = apply(pod, mutate_pod(pod, MutateOptions()))
+    assert saved(result) == {}
+    assert result["spec"]["nodeSelector"] == {VIRTUAL_NODE_TYPE_LABEL: VIRTUAL_NODE_TYPE_VALUE}
+    assert result["spec"]["tolerations"] == [PROVIDER_TOLERATION, NOT_READY_FOREVER, UNREACHABLE_FOREVER]
+
+
+def test_null_inside_affinity_is_tolerated() -> None:
+    pod = make_pod({"affinity": {"nodeAffinity": {REQ: None, PREF: None}, "podAffinity": None}})
+    assert not any(op["path"] == "/spec/affinity" for op in mutate_pod(pod, MutateOptions()))
+    pod = make_pod({"affinity": {"nodeAffinity": {REQ: {"nodeSelectorTerms": None}}}})
+    assert "affinity" not in apply(pod, mutate_pod(pod, MutateOptions()))["spec"]
+
+
+def test_input_pod_is_not_modified() -> None:
+    pod = make_pod(
+        {
+            "nodeSelector": {"zone": "x"},
+            "affinity": required({"matchExpressions": [expr("zone")]}),
+            "tolerations": [NOT_READY_300],
+        }
+    )
+    before = copy.deepcopy(pod)
+    mutate_pod(pod, MutateOptions())
+    assert pod == before
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"nodeSelector": ["zone"]},
+        {"affinity": "yes"},
+        {"affinity": {"nodeAffinity": []}},
+        {"affinity": {"nodeAffinity": {REQ: "x"}}},
+        {"affinity": {"nodeAffinity": {REQ: {"nodeSelectorTerms": {}}}}},
+        {"affinity": {"nodeAffinity": {REQ: {"nodeSelectorTerms": [{"matchExpressions": {}}]}}}},
+        {"affinity": {"nodeAffinity": {REQ: {"nodeSelectorTerms": [{"matchExpressions": [1]}]}}}},
+        {"tolerations": {}},
+        {"tolerations": [None]},
+        {"tolerations": ["gpu"]},
+        {"tolerations": [{"key": "k", "tolerationSeconds": "300"}]},
+        {"tolerations": [{"key": "k", "tolerationSeconds": True}]},
+    ],
+)
+def test_malformed_pod_raises_malformed_pod_error(spec: dict[str, Any]) -> None:
+    with pytest.raises(MalformedPodError):
+        mutate_pod(make_pod(spec), MutateOptions())
+
+
+def test_pod_without_spec_is_malformed() -> None:
+    pod = make_pod()
+    del pod["spec"]
+    with pytest.raises(ValueError, match="spec"):
+        mutate_pod(pod, MutateOptions())
+
+
+def test_non_json_values_are_malformed() -> None:
+    with pytest.raises(MalformedPodError):
+        mutate_pod(make_pod({"nodeSelector": {"zone": object()}}), MutateOptions())
+
+
+# --- restore_constraints -------------------------------------------------------------------------------
+
+
+def full_pod() -> dict:
+    preferred = [{"weight": 1, "preference": {"matchExpressions": [expr("disk", "In", "ssd")]}}]
+    return make_pod(
+        {
+            "nodeSelector": {"zone": "x", CLUSTER_ID_LABEL: "a"},
+            "affinity": {
+                "nodeAffinity": {
+                    REQ: {
+                        "nodeSelectorTerms": [{"matchExpressions": [expr("zone"), expr(CLUSTER_ID_LABEL, "In", "a")]}]
+                    },
+                    PREF: preferred,
+                },
+                "podAntiAffinity": {PREF: [{"weight": 1, "podAffinityTerm": {"topologyKey": "zone"}}]},
+            },
+            "tolerations": [{"key": "gpu", "operator": "Exists"}, NOT_READY_300, UNREACHABLE_300],
+        }
+    )
+
+
+def restored_from(pod: dict, **kwargs: Any) -> dict:
+    upper = mutated(pod)
+    return restore_constraints(upper["spec"], upper["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION], **kwargs)
+
+
+def test_restore_round_trip_gives_the_original_constraints() -> None:
+    pod = full_pod()
+    spec = restored_from(pod, upper_only_keys=frozenset())
+    for field in ("nodeSelector", "affinity", "tolerations"):
+        assert spec[field] == pod["spec"][field]
+    assert spec["containers"] == pod["spec"]["containers"]
+
+
+def test_restore_leaves_out_cluster_id_by_default() -> None:
+    spec = restored_from(full_pod())
+    assert spec["nodeSelector"] == {"zone": "x"}
+    assert required_terms(spec) == [{"matchExpressions": [expr("zone")]}]
+
+
+def test_restore_drops_required_affinity_that_only_pinned_the_cluster() -> None:
+    pod = make_pod({"affinity": required({"matchExpressions": [expr(CLUSTER_ID_LABEL)]})})
+    assert required_terms(restored_from(pod)) is None
+
+
+def test_restore_removes_provider_toleration_even_if_original() -> None:
+    own = {"key": PROVIDER_TAINT_KEY, "operator": "Exists"}
+    spec = restored_from(make_pod({"tolerations": [own, {"key": "gpu", "operator": "Exists"}]}))
+    assert spec["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+
+
+def test_restore_removes_added_tolerations() -> None:
+    assert "tolerations" not in restored_from(make_pod())
+
+
+def test_restore_removes_virtual_node_selector_unless_original() -> None:
+    assert "nodeSelector" not in restored_from(make_pod())
+    own = {VIRTUAL_NODE_TYPE_LABEL: VIRTUAL_NODE_TYPE_VALUE}
+    assert restored_from(make_pod({"nodeSelector": own}))["nodeSelector"] == own
+
+
+def test_restore_keeps_upper_preferred_and_pod_affinity() -> None:
+    upper = mutated(full_pod())
+    upper["spec"]["affinity"]["podAffinity"] = {"added": "upstairs"}
+    spec = restore_constraints(upper["spec"], upper["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION])
+    assert spec["affinity"]["podAffinity"] == {"added": "upstairs"}
+    assert spec["affinity"]["nodeAffinity"][PREF] == full_pod()["spec"]["affinity"]["nodeAffinity"][PREF]
+
+
+def test_restore_replaces_required_affinity_added_upstairs() -> None:
+    # e.g. the descheduler's "kubernetes.io/hostname NotIn [vk]" on the recreated upper pod
+    upper = mutated(make_pod({"nodeSelector": {"zone": "x"}}))
+    upper["spec"]["affinity"] = required({"matchExpressions": [expr("kubernetes.io/hostname", "NotIn", "vk-a")]})
+    spec = restore_constraints(upper["spec"], upper["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION])
+    assert spec.get("affinity") == {}
+
+
+def test_restore_of_empty_original_affinity() -> None:
+    assert restored_from(make_pod({"affinity": {}}))["affinity"] == {}
+    assert "affinity" not in restored_from(make_pod())
+
+
+def test_restore_without_annotation_only_removes_provider_toleration() -> None:
+    spec = {"nodeSelector": {"zone": "x"}, "tolerations": [PROVIDER_TOLERATION, NOT_READY_300]}
+    assert restore_constraints(spec, None) == {"nodeSelector": {"zone": "x"}, "tolerations": [NOT_READY_300]}
+
+
+def test_restore_reads_a_tensile_kube_annotation() -> None:
+    # Go's encoding/json with omitempty: only the non-empty fields are present.
+    annotation = '{"nodeSelector":{"zone":"x"}}'
+    upper = mutated(make_pod({"nodeSelector": {"zone": "x"}}))["spec"]
+    spec = restore_constraints(upper, annotation)
+    assert spec["nodeSelector"] == {"zone": "x"}
+    assert "tolerations" not in spec
+    assert "affinity" not in spec
+
+
+def test_restore_does_not_modify_its_input() -> None:
+    upper = mutated(full_pod())
+    before = copy.deepcopy(upper)
+    restore_constraints(upper["spec"], upper["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION])
+    assert upper == before
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        "",
+        "not json",
+        "[]",
+        '"string"',
+        '{"nodeSelector": ["zone"]}',
+        '{"affinity": "x"}',
+        '{"affinity": {"nodeAffinity": 1}}',
+        '{"tolerations": {}}',
+        '{"tolerations": [1]}',
+    ],
+)
+def test_restore_rejects_malformed_annotation(annotation: str) -> None:
+    with pytest.raises(ValueError, match=CLUSTER_SELECTOR_ANNOTATION):
+        restore_constraints({"containers": []}, annotation)
+
+
+# --- properties --------------------------------------------------------------------------------------
+
+KEYS = st.sampled_from([CLUSTER_ID_LABEL, "zone", "disk", "kubernetes.io/hostname", "a/b~c", "region", "metadata.name"])
+VALUES = st.text(alphabet="abcxyz-0123", max_size=5)
+OPERATORS = st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"])
+EXPRESSION = st.builds(
+    lambda k, o, v: {"key": k, "operator": o, "values": v}, KEYS, OPERATORS, st.lists(VALUES, max_size=3)
+)
+TERM = st.fixed_dictionaries(
+    {}, optional={"matchExpressions": st.lists(EXPRESSION, max_size=3), "matchFields": st.lists(EXPRESSION, max_size=2)}
+)
+REQUIRED = st.fixed_dictionaries({"nodeSelectorTerms": st.lists(TERM, min_size=1, max_size=3)})
+PREFERRED = st.lists(st.fixed_dictionaries({"weight": st.integers(1, 100), "preference": TERM}), max_size=2)
+NODE_AFFINITY = st.fixed_dictionaries({}, optional={REQ: st.none() | REQUIRED, PREF: PREFERRED})
+AFFINITY = st.fixed_dictionaries(
+    {}, optional={"nodeAffinity": st.none() | NODE_AFFINITY, "podAffinity": st.just({PREF: []})}
+)
+TOLERATION_KEYS = st.sampled_from(["", "gpu", "zone", NOT_READY_TAINT, UNREACHABLE_TAINT, PROVIDER_TAINT_KEY])
+TOLERATION = st.fixed_dictionaries(
+    {},
+    optional={
+        "key": TOLERATION_KEYS,
+        "operator": st.sampled_from(["Exists", "Equal"]),
+        "value": VALUES,
+        "effect": st.sampled_from(["", "NoSchedule", "PreferNoSchedule", "NoExecute"]),
+        "tolerationSeconds": st.none() | st.integers(-10, 10_000),
+    },
+)
+SPEC = st.fixed_dictionaries(
+    {"containers": st.just([{"name": "c"}])},
+    optional={
+        "nodeSelector": st.none() | st.dictionaries(KEYS, VALUES, max_size=4),
+        "affinity": st.none() | AFFINITY,
+        "tolerations": st.none() | st.lists(TOLERATION, max_size=6),
+    },
+)
+OPTIONS = st.builds(
+    MutateOptions,
+    ignore_selector_keys=st.sampled_from(
+        [frozenset({CLUSTER_ID_LABEL}), frozenset(), frozenset({CLUSTER_ID_LABEL, "zone"})]
+    ),
+    add_virtual_node_selector=st.booleans(),
+    add_unreachable_tolerations=st.booleans(),
+    unreachable_toleration_seconds=st.none() | st.integers(0, 3600),
+)
+PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def node_affinity_of(spec: dict) -> dict:
+    node_affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
+    return {k: v for k, v in node_affinity.items() if v is not None}
+
+
+@PROPERTY_SETTINGS
+@given(spec=SPEC, options=OPTIONS)
+def test_property_round_trip_restores_original_constraints(spec: dict, options: MutateOptions) -> None:
+    view = apiserver_view(make_pod(spec))
+    upper = apply(view, mutate_pod(view, options))
+    annotation = upper["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION]
+    restored = restore_constraints(upper["spec"], annotation, upper_only_keys=frozenset())
+    original = view["spec"]
+    assert restored.get("nodeSelector") == original.get("nodeSelector")
+    expected_tolerations = original.get("tolerations")
+    if expected_tolerations is not None:
+        expected_tolerations = [t for t in expected_tolerations if t.get("key") != PROVIDER_TAINT_KEY]
+    assert restored.get("tolerations") == expected_tolerations
+    assert node_affinity_of(restored) == node_affinity_of(original)
+    assert (restored.get("affinity") or {}).get("podAffinity") == (original.get("affinity") or {}).get("podAffinity")
+    assert restored["containers"] == original["containers"]
+
+
+@PROPERTY_SETTINGS
+@given(spec=SPEC, options=OPTIONS)
+def test_property_upper_pod_fits_a_virtual_node(spec: dict, options: MutateOptions) -> None:
+    view = apiserver_view(make_pod(spec))
+    patch = mutate_pod(view, options)
+    upper = apply(view, patch)
+    assert mutate_pod(upper, options) == []  # idempotent
+    upper_spec = upper["spec"]
+    for key in upper_spec.get("nodeSelector") or {}:
+        assert key in options.ignore_selector_keys or key == VIRTUAL_NODE_TYPE_LABEL
+    terms = required_terms(upper_spec)
+    assert terms != []  # an empty nodeSelectorTerms list is invalid in Kubernetes
+    for term in terms or []:
+        for requirement in term.get("matchExpressions", []) + term.get("matchFields", []):
+            assert requirement["key"] in options.ignore_selector_keys
+    tolerations = upper_spec["tolerations"]
+    assert any(
+        (t.get("key") or PROVIDER_TAINT_KEY) == PROVIDER_TAINT_KEY
+        and (t.get("effect") or PROVIDER_TAINT_EFFECT) == PROVIDER_TAINT_EFFECT
+        and (t.get("operator") == "Exists" or t.get("value", "") == PROVIDER_TAINT_VALUE)
+        for t in tolerations
+    )
+    if options.add_unreachable_tolerations:
+        seconds = options.unreachable_toleration_seconds
+        for taint in (NOT_READY_TAINT, UNREACHABLE_TAINT):
+            bounded = [
+                t["tolerationSeconds"]
+                for t in tolerations
+                if t.get("key") == taint and t.get("effect") == "NoExecute" and t.get("tolerationSeconds") is not None
+            ]
+            assert all(seconds is not None and s >= seconds for s in bounded)
+    for op in patch:
+        assert op["path"] in (
+            "/metadata/annotations",
+            "/metadata/annotations/" + CLUSTER_SELECTOR_ANNOTATION,
+            "/spec/nodeSelector",
+            "/spec/affinity",
+            "/spec/tolerations",
+        )
+
+
+def test_requirement_without_string_key_is_malformed() -> None:
+    for requirement in ({"operator": "Exists"}, {"key": ["zone"], "operator": "Exists"}, None):
+        with pytest.raises(MalformedPodError):
+            mutate_pod(make_pod({"affinity": required({"matchExpressions": [requirement]})}), MutateOptions())
+
+
+ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3),
+    max_leaves=8,
+)
+
+
+def shaped(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly the right shape, sometimes garbage, at every level."""
+    return st.one_of(strategy, strategy, strategy, ANY_JSON)
+
+
+G_REQUIREMENT = shaped(
+    st.fixed_dictionaries({}, optional={"key": shaped(KEYS), "operator": ANY_JSON, "values": ANY_JSON})
+)
+G_TERM = shaped(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "matchExpressions": shaped(st.lists(G_REQUIREMENT, max_size=3)),
+            "matchFields": shaped(st.lists(G_REQUIREMENT, max_size=2)),
+        },
+    )
+)
+G_REQUIRED = shaped(st.fixed_dictionaries({}, optional={"nodeSelectorTerms": shaped(st.lists(G_TERM, max_size=3))}))
+G_AFFINITY = shaped(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "nodeAffinity": shaped(st.fixed_dictionaries({}, optional={REQ: G_REQUIRED, PREF: ANY_JSON})),
+            "podAffinity": ANY_JSON,
+        },
+    )
+)
+G_TOLERATION = shaped(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "key": shaped(TOLERATION_KEYS),
+            "operator": shaped(st.sampled_from(["Exists", "Equal"])),
+            "value": ANY_JSON,
+            "effect": shaped(st.sampled_from(["NoSchedule", "NoExecute"])),
+            "tolerationSeconds": shaped(st.integers(-10, 10_000)),
+        },
+    )
+)
+G_SPEC = st.fixed_dictionaries(
+    {},
+    optional={
+        "nodeSelector": shaped(st.dictionaries(KEYS, VALUES, max_size=3)),
+        "affinity": G_AFFINITY,
+        "tolerations": shaped(st.lists(G_TOLERATION, max_size=4)),
+    },
+)
+
+
+@PROPERTY_SETTINGS
+@given(spec=G_SPEC, annotations=shaped(st.just({})), options=OPTIONS)
+def test_property_garbage_is_malformed_pod_error_or_a_valid_patch(
+    spec: Any, annotations: Any, options: MutateOptions
+) -> None:
+    pod = make_pod(spec, annotations=annotations)
+    try:
+        patch = mutate_pod(pod, options)
+    except MalformedPodError:
+        return
+    upper = apply(pod, patch)
+    assert mutate_pod(upper, options) == []
+    annotation = upper["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION]
+    try:
+        restore_constraints(upper["spec"], annotation)
+    except MalformedPodError:
+        pass
+
+
+@PROPERTY_SETTINGS
+@given(
+    saved_fields=st.fixed_dictionaries(
+        {},
+        optional={
+            "nodeSelector": ANY_JSON,
+            "affinity": G_AFFINITY,
+            "tolerations": shaped(st.lists(G_TOLERATION, max_size=3)),
+        },
+    )
+)
+def test_property_restore_of_any_annotation_returns_a_spec_or_raises_value_error(saved_fields: dict) -> None:
+    try:
+        spec = restore_constraints({"containers": [], "affinity": {"podAffinity": {}}}, json.dumps(saved_fields))
+    except ValueError:
+        return
+    assert isinstance(spec, dict)

@@ -1,0 +1,284 @@
+"""``tensile webhook``: serve the admission webhook, make its certificates, register it.
+
+Three forms share one subcommand so a deployment needs one binary:
+
+- ``tensile webhook --port 8443 --tls-cert-file F --tls-key-file F`` serves (the default);
+- ``tensile webhook certs DIR --host IP --dns NAME`` writes a CA and a serving certificate;
+- ``tensile webhook install (--url URL | --service NS/NAME[:PORT]) --ca-file F`` registers it.
+
+Bad input ends with a one-line error and exit code 2, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tensile.conventions import CLUSTER_ID_LABEL
+
+__all__ = ["main", "register"]
+
+_PROG = "tensile webhook"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class _UsageError(Exception):
+    """A problem with the command line or its input files: exit 2."""
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
+    return port
+
+
+def _non_negative(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{number} is negative")
+    return number
+
+
+def _keys(value: str) -> frozenset[str]:
+    return frozenset(key.strip() for key in value.split(",") if key.strip())
+
+
+def _add_logging_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_const",
+        const="DEBUG",
+        dest="log_level",
+        default=default,
+        help="log at DEBUG level",
+    )
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=_LOG_LEVELS, default=default, help="log level (default INFO)"
+    )
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``webhook`` subcommand to the ``tensile`` parser."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "webhook",
+        help="mutating admission webhook that lets opted-in pods schedule onto virtual nodes",
+        description="Serve the mutating admission webhook (default), or generate its certificates "
+        "(certs), or register it with the upper cluster (install).",
+    )
+    parser.set_defaults(func=_run_serve)
+    serve = parser.add_argument_group("serving")
+    serve.add_argument("--port", type=_port, default=8443, help="HTTPS port (default 8443; 0 picks a free one)")
+    serve.add_argument("--bind-address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--tls-cert-file", type=Path, help="serving certificate (PEM), required to serve")
+    serve.add_argument("--tls-key-file", type=Path, help="serving key (PEM), required to serve")
+    serve.add_argument(
+        "--ignore-selector-keys",
+        type=_keys,
+        default=frozenset({CLUSTER_ID_LABEL}),
+        metavar="KEY[,KEY...]",
+        help=f"node-label keys kept on the upper pod because virtual nodes carry them (default {CLUSTER_ID_LABEL})",
+    )
+    serve.add_argument(
+        "--no-virtual-node-selector",
+        dest="virtual_node_selector",
+        action="store_false",
+        help="do not add the virtual-node nodeSelector to mutated pods",
+    )
+    serve.add_argument(
+        "--no-unreachable-tolerations",
+        dest="unreachable_tolerations",
+        action="store_false",
+        help="do not add NoExecute tolerations for not-ready/unreachable nodes",
+    )
+    serve.add_argument(
+        "--unreachable-toleration-seconds",
+        type=_non_negative,
+        default=None,
+        metavar="SECONDS",
+        help="bound those tolerations (default: tolerate forever)",
+    )
+    serve.add_argument(
+        "--kubeconfig",
+        dest="serve_kubeconfig",
+        type=Path,
+        default=None,
+        help="accepted for compatibility with Tensile Kube; the webhook makes no API calls",
+    )
+    _add_logging_flags(parser, "INFO")
+
+    commands = parser.add_subparsers(dest="webhook_command", metavar="{certs,install}")
+
+    certs = commands.add_parser(
+        "certs",
+        help="write ca.crt, ca.key, tls.crt, tls.key for the webhook",
+        description="Generate a CA and a serving certificate signed by it. IP hosts become IP SANs.",
+    )
+    certs.add_argument("directory", type=Path, metavar="DIR")
+    certs.add_argument("--host", action="append", default=[], help="IP address or host name (repeatable)")
+    certs.add_argument("--dns", action="append", default=[], help="DNS name, e.g. NAME.NAMESPACE.svc (repeatable)")
+    certs.add_argument("--days", type=_non_negative, default=365, help="validity in days (default 365)")
+    certs.set_defaults(func=_run_certs)
+    _add_logging_flags(certs, argparse.SUPPRESS)
+
+    install = commands.add_parser(
+        "install",
+        help="create or update the MutatingWebhookConfiguration",
+        description="Create or update the MutatingWebhookConfiguration in the upper cluster.",
+    )
+    install.add_argument("--kubeconfig", type=Path, default=None, help="upper cluster (default: $KUBECONFIG)")
+    target = install.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="https URL the apiserver calls, e.g. https://127.0.0.1:8443/mutate")
+    target.add_argument("--service", metavar="NS/NAME[:PORT]", help="in-cluster Service the apiserver calls")
+    install.add_argument("--ca-file", type=Path, required=True, help="PEM CA that signed the serving certificate")
+    install.add_argument("--name", default=None, help="configuration name (default tensile-webhook)")
+    install.add_argument("--failure-policy", choices=("Fail", "Ignore"), default="Fail", help="default Fail")
+    install.add_argument("--timeout-seconds", type=int, default=10, help="per-call timeout, 1-30 (default 10)")
+    install.add_argument("--dry-run", action="store_true", help="print the configuration as JSON, change nothing")
+    install.set_defaults(func=_run_install)
+    _add_logging_flags(install, argparse.SUPPRESS)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = getattr(args, "log_level", "INFO")
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("tensile").setLevel(level)
+    if level == "DEBUG":
+        root.setLevel(logging.DEBUG)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _readable(path: Path | None, flag: str) -> Path:
+    if path is None:
+        raise _UsageError(f"{flag} is required")
+    if not path.is_file():
+        raise _UsageError(f"{flag} {path}: no such file")
+    return path
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import ssl
+
+    from webhook.mutate import MutateOptions
+    from webhook.server import ServerOptions, serve, ssl_context
+
+    _setup_logging(args)
+    try:
+        cert = _readable(args.tls_cert_file, "--tls-cert-file")
+        key = _readable(args.tls_key_file, "--tls-key-file")
+        try:
+            ssl_context(cert, key)  # fail here with a clear message rather than inside the event loop
+        except (ssl.SSLError, OSError) as exc:
+            raise _UsageError(f"cannot load the TLS certificate/key: {exc}") from exc
+    except _UsageError as exc:
+        return _fail(str(exc))
+    options = ServerOptions(
+        tls_cert_file=cert,
+        tls_key_file=key,
+        port=args.port,
+        bind_address=args.bind_address,
+        mutate=MutateOptions(
+            ignore_selector_keys=args.ignore_selector_keys,
+            add_virtual_node_selector=args.virtual_node_selector,
+            add_unreachable_tolerations=args.unreachable_tolerations,
+            unreachable_toleration_seconds=args.unreachable_toleration_seconds,
+        ),
+    )
+    try:
+        asyncio.run(serve(options))
+    except OSError as exc:  # e.g. address already in use
+        return _fail(f"cannot serve on {args.bind_address}:{args.port}: {exc}", 1)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _run_certs(args: argparse.Namespace) -> int:
+    from webhook.certs import generate
+
+    _setup_logging(args)
+    if not args.host and not args.dns:
+        return _fail("give at least one --host or --dns")
+    if args.days == 0:
+        return _fail("--days must be positive")
+    try:
+        paths = generate(args.directory, args.host, args.dns, days=args.days)
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    for path in (paths.ca_cert, paths.ca_key, paths.tls_cert, paths.tls_key):
+        print(path)
+    return 0
+
+
+def _run_install(args: argparse.Namespace) -> int:
+    import json
+
+    from webhook.install import DEFAULT_NAME, ensure_configuration, parse_service, webhook_configuration
+
+    _setup_logging(args)
+    try:
+        ca_file = _readable(args.ca_file, "--ca-file")
+        try:
+            service = parse_service(args.service) if args.service else None
+            manifest = webhook_configuration(
+                args.name or DEFAULT_NAME,
+                url=args.url,
+                service=service,
+                ca_bundle_pem=ca_file.read_bytes(),
+                failure_policy=args.failure_policy,
+                timeout_seconds=args.timeout_seconds,
+            )
+        except (ValueError, OSError) as exc:
+            raise _UsageError(str(exc)) from exc
+        if args.kubeconfig is not None and not args.dry_run:
+            _readable(args.kubeconfig, "--kubeconfig")
+    except _UsageError as exc:
+        return _fail(str(exc))
+    if args.dry_run:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    try:
+        action = ensure_configuration(args.kubeconfig, manifest)
+    except Exception as exc:  # noqa: BLE001 - any client/config error becomes one line, not a traceback
+        return _fail(f"cannot install {manifest['metadata']['name']}: {_one_line(exc)}", 1)
+    print(f"mutatingwebhookconfiguration/{manifest['metadata']['name']} {action}")
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    if status is not None and reason is not None:
+        return f"{status} {reason}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``tensile webhook ...`` on its own (``python -m webhook.cli``)."""
+    parser = argparse.ArgumentParser(prog="tensile")
+    subparsers = parser.add_subparsers(dest="command")
+    register(subparsers)
+    args = parser.parse_args(["webhook", *(sys.argv[1:] if argv is None else argv)])
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""The HTTPS endpoint kube-apiserver calls for pod admission.
+
+A thin aiohttp shell around :func:`webhook.review.handle_review`: TLS only (the apiserver never
+calls a webhook over plain HTTP), a bounded request body, one structured log line per decision,
+health/readiness probes, and a graceful stop on SIGTERM/SIGINT so in-flight admissions finish
+during a rolling update instead of failing pod creation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import ssl
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from webhook.mutate import MutateOptions
+from webhook.review import Decision, handle_review
+
+__all__ = ["LOGGER_NAME", "ServerOptions", "create_app", "serve", "ssl_context", "start"]
+
+LOGGER_NAME = "tensile.webhook"
+log = logging.getLogger(LOGGER_NAME)
+
+
+@dataclasses.dataclass
+class _State:
+    ready: bool = True
+
+
+_STATE = web.AppKey("state", _State)
+_MUTATE_OPTIONS = web.AppKey("mutate_options", MutateOptions)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """Everything the webhook server needs; built by the CLI or by tests."""
+
+    tls_cert_file: Path
+    tls_key_file: Path
+    port: int = 8443
+    #: All interfaces by default: in a Pod the apiserver reaches the webhook through a Service.
+    bind_address: str = "0.0.0.0"
+    mutate: MutateOptions = dataclasses.field(default_factory=MutateOptions)
+    #: Larger bodies get 413. The apiserver caps objects at ~3 MiB, so 4 MiB fits any real pod.
+    max_body_bytes: int = 4 * 1024 * 1024
+    #: How long a stop waits for in-flight requests.
+    shutdown_timeout: float = 10.0
+    #: After SIGTERM, keep serving this long with /readyz failing, so a Service drops us first.
+    drain_seconds: float = 0.0
+
+
+def ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2+) with the serving certificate and key loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
+    return context
+
+
+def _log_decision(decision: Decision, status: int) -> None:
+    # Identity and outcome only: the pod body may hold secrets in env values, so it is never logged.
+    log.info(
+        "admission decision=%s status=%d uid=%s namespace=%s name=%s reason=%r operations=%d",
+        decision.action,
+        status,
+        decision.uid,
+        decision.namespace,
+        decision.name,
+        decision.reason,
+        decision.operations,
+        extra={
+            "decision": decision.action,
+            "status": status,
+            "uid": decision.uid,
+            "namespace": decision.namespace,
+            "pod": decision.name,
+            "reason": decision.reason,
+            "operations": decision.operations,
+        },
+    )
+
+
+async def _mutate(request: web.Request) -> web.Response:
+    body = await request.read()  # raises 413 past client_max_size
+    decisions: list[Decision] = []
+    status, result = handle_review(body, request.app[_MUTATE_OPTIONS], decisions)
+    for decision in decisions:
+        _log_decision(decision, status)
+    return web.Response(status=status, body=orjson.dumps(result), content_type="application/json")
+
+
+async def _healthz(_request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    if request.app[_STATE].ready:
+        return web.Response(text="ok")
+    return web.Response(status=503, text="shutting down")
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[_STATE].ready = False
+
+
+def create_app(options: ServerOptions | MutateOptions | None = None) -> web.Application:
+    """The aiohttp application: ``POST /mutate``, ``GET /healthz``, ``GET /readyz``.
+
+    Accepts :class:`ServerOptions` (body limit and mutation options) or bare
+    :class:`~webhook.mutate.MutateOptions` (default body limit).
+    """
+    if isinstance(options, ServerOptions):
+        mutate_options, max_body = options.mutate, options.max_body_bytes
+    else:
+        mutate_options, max_body = options or MutateOptions(), ServerOptions.max_body_bytes
+    app = web.Application(client_max_size=max_body)
+    app[_MUTATE_OPTIONS] = mutate_options
+    app[_STATE] = _State()
+    app.router.add_post("/mutate", _mutate)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def start(options: ServerOptions) -> tuple[web.AppRunner, int]:
+    """Start serving over TLS; returns the runner (``await runner.cleanup()`` stops it) and the port.
+
+    ``options.port`` 0 picks a free port; the one actually bound is returned.
+    """
+    context = ssl_context(options.tls_cert_file, options.tls_key_file)
+    runner = web.AppRunner(create_app(options), access_log=None, shutdown_timeout=options.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, options.bind_address, options.port, ssl_context=context)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = options.port
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            port = int(address[1])
+            break
+    return runner, port
+
+
+async def serve(options: ServerOptions) -> None:
+    """Serve until SIGTERM or SIGINT, then finish in-flight requests and return."""
+    runner, port = await start(options)
+    log.info("serving https://%s:%d/mutate", options.bind_address, port, extra={"port": port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on the main thread / platform
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+    try:
+        await stop.wait()
+        runner.app[_STATE].ready = False
+        if options.drain_seconds > 0:
+            log.info("draining for %.1fs", options.drain_seconds)
+            await asyncio.sleep(options.drain_seconds)
+        log.info("stopping: finishing in-flight requests")
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+    log.info("stopped")
