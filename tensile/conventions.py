@@ -43,6 +43,18 @@ KUBE_SYSTEM: Final = "kube-system"
 SERVICE_ACCOUNT_TOKEN_PREFIX: Final = "kube-api-access-"
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
+LAST_APPLIED_ANNOTATION: Final = "kubectl.kubernetes.io/last-applied-configuration"
+#: Annotations that controllers of the *upper* cluster wrote about upper state
+#: (PV binding, provisioning, SA tokens). Copied down they lie: a PVC with
+#: ``pv.kubernetes.io/bind-completed`` is declared Lost by the lower PV controller.
+CONTROLLER_ANNOTATION_PREFIXES: Final = (
+    "pv.kubernetes.io/",
+    "volume.kubernetes.io/",
+    "volume.beta.kubernetes.io/",
+    "kubernetes.io/service-account.",
+    "control-plane.alpha.kubernetes.io/",
+    "endpoints.kubernetes.io/",
+)
 
 # --- New in tensile -------------------------------------------------------------
 PREFIX: Final = "tensile.io/"

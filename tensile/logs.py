@@ -48,9 +48,13 @@ def setup(level: str | int = "info") -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def fields(obj_key: str | None = None, **kw: Any) -> dict[str, Any]:
+def fields(obj_key: str | None = None, kind: str = "pod", **kw: Any) -> dict[str, Any]:
+    """``extra=`` for a log call about ``namespace/name``: ``{"namespace": ns, kind: name, ...}``.
+
+    (``name`` itself is a LogRecord attribute and may not be used as a key.)
+    """
     out = dict(kw)
     if obj_key:
         ns, _, name = obj_key.rpartition("/")
-        out["namespace"], out["name"] = ns, name
+        out["namespace"], out[kind] = ns, name
     return out

@@ -76,7 +76,7 @@ def _clean_meta(meta: JSON, owner: Owner, extra_annotations: dict[str, str] | No
     out["labels"] = labels
     annotations = {
         k: v for k, v in (meta.get("annotations") or {}).items()
-        if k != "kubectl.kubernetes.io/last-applied-configuration"
+        if k != c.LAST_APPLIED_ANNOTATION and not k.startswith(c.CONTROLLER_ANNOTATION_PREFIXES)
     }
     annotations.update(extra_annotations or {})
     if annotations:

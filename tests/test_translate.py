@@ -184,12 +184,17 @@ def test_lower_service_keeps_selector_and_drops_cluster_ips_and_node_ports() -> 
     assert "clusterIP" not in low and "nodePort" not in low["ports"][0]
 
 
-def test_lower_pvc_keeps_only_portable_spec() -> None:
-    pvc = {"metadata": {"name": "d", "namespace": "ns"}, "spec": {
+def test_lower_pvc_keeps_only_portable_spec_and_no_binding_annotations() -> None:
+    pvc = {"metadata": {"name": "d", "namespace": "ns", "annotations": {
+        "pv.kubernetes.io/bind-completed": "yes", "pv.kubernetes.io/bound-by-controller": "yes",
+        "volume.kubernetes.io/storage-provisioner": "x", "team": "a"}}, "spec": {
         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
         "storageClassName": "manual", "volumeName": "pv-upper"}}
-    assert translate.lower_object("persistentvolumeclaims", pvc, OWNER)["spec"] == {
+    low = translate.lower_object("persistentvolumeclaims", pvc, OWNER)
+    assert low["spec"] == {
         "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "storageClassName": "manual"}
+    assert not [k for k in low["metadata"]["annotations"] if k.startswith(("pv.", "volume."))]
+    assert low["metadata"]["annotations"]["team"] == "a"
 
 
 def test_ownership_distinguishes_other_virtual_nodes() -> None:

@@ -95,3 +95,26 @@ async def test_stop_lets_an_in_flight_key_finish() -> None:
     await asyncio.sleep(0.02)
     await w.stop(timeout=5)
     assert finished.is_set()
+
+
+async def test_a_failing_error_hook_does_not_stop_the_worker() -> None:
+    q = WorkQueue("t", base_delay=0.01)
+    calls = 0
+
+    async def handler(key: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("first")
+
+    def bad_hook(key: str, exc: BaseException) -> None:
+        raise KeyError("hook bug")
+
+    w = Workers(q, handler, 1, bad_hook)
+    w.start()
+    q.add("k")
+    await asyncio.sleep(0.3)
+    q.add("other")
+    await asyncio.sleep(0.1)
+    await w.stop()
+    assert calls == 3  # the retry of "k", then "other": the worker lived on

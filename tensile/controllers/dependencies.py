@@ -107,7 +107,8 @@ class DependencyController:
                 self.queue.add(f"{SERVICES}/{key_of(svc)}")
 
     def _on_error(self, key: str, exc: BaseException) -> None:
-        log.warning("dependency sync failed: %s", exc, extra=fields(key, cluster=self.ctx.config.cluster_id))
+        log.warning("dependency sync failed: %s", exc,
+                    extra=fields(key, kind="object", cluster=self.ctx.config.cluster_id))
 
     # --- reconcile --------------------------------------------------------------------
 
@@ -130,7 +131,7 @@ class DependencyController:
             await self.ctx.lower.delete(path(resource, ns, name), {
                 "preconditions": {"uid": (lower.get("metadata") or {}).get("uid")}
             })
-            log.info("deleted unreferenced lower copy", extra=fields(f"{ns}/{name}", resource=resource,
+            log.info("deleted unreferenced lower copy", extra=fields(f"{ns}/{name}", kind="object", resource=resource,
                                                                         cluster=self.ctx.config.cluster_id))
         except ApiError as exc:
             if not (exc.not_found or exc.conflict):
@@ -156,7 +157,7 @@ class DependencyController:
             try:
                 await self.ctx.lower.create(path(resource, ns), desired)
                 self.conflicts.pop(key, None)
-                log.info("created lower copy", extra=fields(f"{ns}/{name}", resource=resource,
+                log.info("created lower copy", extra=fields(f"{ns}/{name}", kind="object", resource=resource,
                                                               cluster=self.ctx.config.cluster_id))
                 return "ok"
             except ApiError as exc:
@@ -186,7 +187,7 @@ class DependencyController:
                     await self.ctx.lower.create(path(resource, ns), desired)
                 else:
                     raise
-            log.info("updated lower copy", extra=fields(f"{ns}/{name}", resource=resource,
+            log.info("updated lower copy", extra=fields(f"{ns}/{name}", kind="object", resource=resource,
                                                           cluster=self.ctx.config.cluster_id))
         return "ok"
 

@@ -129,8 +129,11 @@ class Workers:
             try:
                 again = await self.handler(key)
             except Exception as exc:  # noqa: BLE001 - every failure is reported and retried with backoff
-                self.on_error(key, exc)
                 self.queue.add_rate_limited(key)
+                try:
+                    self.on_error(key, exc)
+                except Exception:  # a broken error hook must not stop the worker
+                    log.exception("%s: error handler failed for %s", self.queue.name, key)
             else:
                 self.queue.forget(key)
                 if again is not None:
