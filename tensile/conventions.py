@@ -43,6 +43,8 @@ KUBE_SYSTEM: Final = "kube-system"
 SERVICE_ACCOUNT_TOKEN_PREFIX: Final = "kube-api-access-"
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
+SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
+ENDPOINTSLICE_MANAGED_BY_LABEL: Final = "endpointslice.kubernetes.io/managed-by"
 LAST_APPLIED_ANNOTATION: Final = "kubectl.kubernetes.io/last-applied-configuration"
 #: Annotations that controllers of the *upper* cluster wrote about upper state
 #: (PV binding, provisioning, SA tokens). Copied down they lie: a PVC with
@@ -71,6 +73,10 @@ UPPER_RESOURCE_VERSION_ANNOTATION: Final = PREFIX + "upper-resource-version"
 NAMESPACE_CREATED_LABEL: Final = PREFIX + "created-namespace"
 #: On upper pods copied down: the lower cluster id (informational).
 LOWER_CLUSTER_ANNOTATION: Final = PREFIX + "lower-cluster"
+
+#: managed-by value on EndpointSlices tensile copies (``--flat-network``), so the
+#: lower EndpointSlice controller leaves them alone.
+ENDPOINTSLICE_MANAGER: Final = "tensile.io"
 
 #: Field manager for server-side writes.
 FIELD_MANAGER: Final = "tensile"

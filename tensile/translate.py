@@ -222,12 +222,7 @@ def failed_status(upper: JSON, reason: str, message: str) -> JSON:
 
 def lower_object(resource: str, upper: JSON, owner: Owner) -> JSON:
     """The lower copy of an upper ConfigMap, Secret, PVC, ServiceAccount or Service."""
-    meta = upper.get("metadata") or {}
-    out_meta = _clean_meta(meta, owner, {
-        c.GLOBAL_ANNOTATION: c.GLOBAL_VALUE,
-        c.UPPER_RESOURCE_VERSION_ANNOTATION: str(meta.get("resourceVersion", "")),
-    })
-    body: JSON = {"metadata": out_meta}
+    body = lower_object_meta_only(upper, owner)
     if resource == "configmaps":
         body.update(apiVersion="v1", kind="ConfigMap")
         for f in ("data", "binaryData", "immutable"):
@@ -261,6 +256,35 @@ def lower_object(resource: str, upper: JSON, owner: Owner) -> JSON:
     else:
         raise ValueError(f"unsupported dependency resource {resource!r}")
     return body
+
+
+def lower_service(upper: JSON, owner: Owner, flat_network: bool) -> JSON:
+    """A Service copy. With a flat pod network it has no selector: its EndpointSlices are copied instead."""
+    body = lower_object("services", upper, owner)
+    if flat_network:
+        body["spec"].pop("selector", None)
+    return body
+
+
+def lower_endpointslice(upper: JSON, owner: Owner) -> JSON:
+    """An upper EndpointSlice for ``--flat-network``: the upper pod IPs, routable from the lower cluster."""
+    body = lower_object_meta_only(upper, owner)
+    body["metadata"]["labels"][c.ENDPOINTSLICE_MANAGED_BY_LABEL] = c.ENDPOINTSLICE_MANAGER
+    body.update(apiVersion="discovery.k8s.io/v1", kind="EndpointSlice",
+                addressType=upper.get("addressType", "IPv4"), ports=upper.get("ports") or [])
+    body["endpoints"] = [
+        {k: v for k, v in e.items() if k in ("addresses", "conditions", "hostname")}
+        for e in upper.get("endpoints") or []
+    ]
+    return body
+
+
+def lower_object_meta_only(upper: JSON, owner: Owner) -> JSON:
+    meta = upper.get("metadata") or {}
+    return {"metadata": _clean_meta(meta, owner, {
+        c.GLOBAL_ANNOTATION: c.GLOBAL_VALUE,
+        c.UPPER_RESOURCE_VERSION_ANNOTATION: str(meta.get("resourceVersion", "")),
+    })}
 
 
 def needs_update(resource: str, desired: JSON, lower: JSON) -> bool:

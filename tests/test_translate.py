@@ -211,3 +211,24 @@ def test_cluster_selector_round_trip() -> None:
     assert cluster_selector.decode(cluster_selector.encode(spec))["nodeSelector"] == {"a": "b"}
     with pytest.raises(ValueError):
         cluster_selector.decode("[]")
+
+
+def test_flat_network_service_has_no_selector() -> None:
+    svc = {"metadata": {"name": "web", "namespace": "ns"}, "spec": {
+        "selector": {"app": "web"}, "ports": [{"port": 80}]}}
+    assert "selector" not in translate.lower_service(svc, OWNER, flat_network=True)["spec"]
+    assert translate.lower_service(svc, OWNER, flat_network=False)["spec"]["selector"] == {"app": "web"}
+
+
+def test_endpointslice_copy_keeps_addresses_and_drops_upper_references() -> None:
+    upper = {"metadata": {"name": "web-abc", "namespace": "ns", "resourceVersion": "5", "labels": {
+        c.SERVICE_NAME_LABEL: "web", c.ENDPOINTSLICE_MANAGED_BY_LABEL: "endpointslice-controller.k8s.io"}},
+        "addressType": "IPv4", "ports": [{"port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["10.1.0.5"], "conditions": {"ready": True}, "nodeName": "vk-a",
+                       "targetRef": {"kind": "Pod", "name": "web-0", "uid": "u"}}]}
+    low = translate.lower_endpointslice(upper, OWNER)
+    assert low["metadata"]["labels"][c.SERVICE_NAME_LABEL] == "web"
+    assert low["metadata"]["labels"][c.ENDPOINTSLICE_MANAGED_BY_LABEL] == c.ENDPOINTSLICE_MANAGER
+    assert low["endpoints"] == [{"addresses": ["10.1.0.5"], "conditions": {"ready": True}}]
+    assert low["ports"] == [{"port": 8080, "protocol": "TCP"}] and OWNER.owns(low)
+    assert translate.needs_update("endpointslices", low, low) is False

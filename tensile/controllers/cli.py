@@ -48,6 +48,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--client-burst", type=int, default=400, help="lower cluster client burst")
     p.add_argument("--lower-unreachable-grace", type=float, default=40.0, metavar="SECONDS",
                    help="how long the lower apiserver may be unreachable before the Node turns NotReady")
+    p.add_argument("--flat-network", action="store_true",
+                   help="pod IPs route between clusters: copy Services without selector plus the upper "
+                        "EndpointSlices (Tensile Kube's mode) instead of letting the lower cluster select pods")
     p.add_argument("--pod-workers", type=int, default=8)
     p.add_argument("-v", "--log-level", default="info", help="debug, info, warning, or a number like kubectl -v")
     p.set_defaults(func=run)
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         lower_unreachable_grace=args.lower_unreachable_grace,
         pod_workers=args.pod_workers,
+        flat_network=args.flat_network,
     )
     for f in (args.kubeconfig, args.client_kubeconfig):
         if f and not os.path.exists(f):

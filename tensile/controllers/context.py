@@ -20,6 +20,9 @@ from tensile.translate import Owner
 log = logging.getLogger("tensile")
 
 DEPENDENCY_RESOURCES = ("configmaps", "secrets", "persistentvolumeclaims", "serviceaccounts", "services")
+ENDPOINTSLICES = "endpointslices"
+#: API group/version of resources outside the core group.
+GROUP_VERSIONS = {ENDPOINTSLICES: "discovery.k8s.io/v1"}
 
 
 @dataclasses.dataclass
@@ -79,6 +82,10 @@ class Context:
         lower_deps = {
             r: Informer(lower, path(r), label_selector=sel, name=f"lower-{r}") for r in DEPENDENCY_RESOURCES
         }
+        if config.flat_network:
+            slices = path(ENDPOINTSLICES, group_version=GROUP_VERSIONS[ENDPOINTSLICES])
+            upper_deps[ENDPOINTSLICES] = Informer(upper, slices, name="upper-endpointslices")
+            lower_deps[ENDPOINTSLICES] = Informer(lower, slices, label_selector=sel, name="lower-endpointslices")
         return cls(
             config=config,
             upper=upper,

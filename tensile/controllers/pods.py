@@ -28,7 +28,7 @@ from tensile import conventions as c
 from tensile import dependencies as deps
 from tensile import translate
 from tensile.controllers.context import Context
-from tensile.controllers.dependencies import DependencyController
+from tensile.controllers.dependencies import RESOURCES, DependencyController
 from tensile.controllers.namespaces import NamespaceEnsurer
 from tensile.kube.client import JSON, STRATEGIC_PATCH, path
 from tensile.kube.errors import ApiError
@@ -60,8 +60,9 @@ class PodController:
         ctx.upper_pods.add_handler(self._enqueue)
         ctx.lower_pods.add_handler(self._enqueue)
         # A dependency appearing upstairs releases pods held for it.
-        for inf in ctx.upper_deps.values():
-            inf.add_handler(self._on_dependency)
+        for resource in RESOURCES:
+            if resource in ctx.upper_deps:
+                ctx.upper_deps[resource].add_handler(self._on_dependency)
 
     @property
     def cluster(self) -> str:
@@ -210,7 +211,7 @@ class PodController:
             if result == "missing":
                 problems.append(f"{ref.resource} {ref.namespace}/{ref.name} not found in the upper cluster")
             else:
-                problems.append(self.deps.conflicts.get(ref.key, f"{ref.resource} {ref.name} conflicts"))
+                problems.append(self.deps.copies.conflicts.get(ref.key, f"{ref.resource} {ref.name} conflicts"))
         if problems:
             msg = "waiting for dependencies: " + "; ".join(problems)
             reason = "DependencyConflict" if any("not managed" in p for p in problems) else "DependencyMissing"

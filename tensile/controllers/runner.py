@@ -18,10 +18,12 @@ from typing import Any
 from aiohttp import web
 
 from tensile.controllers.context import Config, Context, default_node_ip
+from tensile.controllers.copies import LowerCopies
 from tensile.controllers.dependencies import DependencyController
 from tensile.controllers.namespaces import NamespaceEnsurer
 from tensile.controllers.node import NodeController
 from tensile.controllers.pods import PodController
+from tensile.controllers.services import ServiceController
 from tensile.kube.client import Kube, path
 
 log = logging.getLogger("tensile")
@@ -44,6 +46,7 @@ class VirtualNode:
         self.node: NodeController | None = None
         self.pods: PodController | None = None
         self.deps: DependencyController | None = None
+        self.services: ServiceController | None = None
         self._site: web.TCPSite | None = None
         self._runner: web.AppRunner | None = None
         self.ready = False
@@ -58,7 +61,9 @@ class VirtualNode:
         ctx = Context.build(cfg, self.upper, self.lower, upper_id)
         self.ctx = ctx
         namespaces = NamespaceEnsurer(self.lower, ctx.owner)
-        self.deps = DependencyController(ctx, namespaces)
+        copies = LowerCopies(ctx, namespaces)
+        self.deps = DependencyController(ctx, copies)
+        self.services = ServiceController(ctx, copies)
         self.pods = PodController(ctx, self.deps, namespaces)
         self.node = NodeController(ctx)
         await self._serve_health()
@@ -69,13 +74,14 @@ class VirtualNode:
                                          "upper_cluster": upper_id})
         await self.node.start()
         self.deps.start()
+        self.services.start()
         self.pods.start()
         self.ready = True
         log.info("virtual node running", extra={"node": cfg.node_name, "cluster": cfg.cluster_id})
 
     async def stop(self) -> None:
         self.ready = False
-        for part in (self.pods, self.deps, self.node):
+        for part in (self.pods, self.services, self.deps, self.node):
             if part is not None:
                 await part.stop()
         if self.ctx is not None:

@@ -1,0 +1,132 @@
+"""Services in the lower cluster for the pods of this virtual node.
+
+An upper Service whose selector matches a pod of this virtual node is copied
+down; when no pod matches any more, the copy is deleted. Two modes:
+
+- default: the copy keeps its selector, so the lower cluster's own
+  EndpointSlice controller, DNS and ClusterIP route to the lower pods. No flat
+  pod network is needed (Tensile Kube needs one).
+- ``--flat-network``: the copy has no selector and the upper EndpointSlices
+  are copied beside it (Tensile Kube's behaviour), so lower clients reach
+  every endpoint of the Service, upstairs ones included.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tensile import conventions as c
+from tensile import dependencies as deps
+from tensile import translate
+from tensile.controllers.context import ENDPOINTSLICES, Context
+from tensile.controllers.copies import LowerCopies
+from tensile.kube.client import JSON
+from tensile.kube.informer import key_of
+from tensile.kube.workqueue import Workers, WorkQueue
+from tensile.logs import fields
+
+log = logging.getLogger("tensile.services")
+
+SERVICES = "services"
+
+
+def _meta(obj: JSON | None) -> JSON:
+    return (obj or {}).get("metadata") or {}
+
+
+class ServiceController:
+    def __init__(self, ctx: Context, copies: LowerCopies) -> None:
+        self.ctx = ctx
+        self.copies = copies
+        self.flat = ctx.config.flat_network
+        self.queue = WorkQueue("services")
+        self.workers = Workers(self.queue, self.reconcile, 2, self._on_error)
+        ctx.upper_pods.add_handler(self._on_pod)
+        ctx.upper_deps[SERVICES].add_handler(self._on_service)
+        ctx.lower_deps[SERVICES].add_handler(self._on_service)
+        if self.flat:
+            ctx.upper_deps[ENDPOINTSLICES].add_handler(self._on_slice)
+            ctx.lower_deps[ENDPOINTSLICES].add_handler(self._on_slice)
+
+    # --- triggers -----------------------------------------------------------------------
+
+    def _on_pod(self, old: JSON | None, new: JSON | None) -> None:
+        if old is not None and new is not None and _meta(old).get("labels") == _meta(new).get("labels") and bool(
+            _meta(old).get("deletionTimestamp")
+        ) == bool(_meta(new).get("deletionTimestamp")):
+            return  # only label changes, arrivals, departures and terminations change what is selected
+        ns = _meta(new or old).get("namespace")
+        for inf in (self.ctx.upper_deps[SERVICES], self.ctx.lower_deps[SERVICES]):
+            for svc in inf.items():
+                if _meta(svc).get("namespace") == ns:
+                    self.queue.add(key_of(svc))
+
+    def _on_service(self, old: JSON | None, new: JSON | None) -> None:
+        obj = new or old
+        if obj is not None:
+            self.queue.add(key_of(obj))
+
+    def _on_slice(self, old: JSON | None, new: JSON | None) -> None:
+        meta = _meta(new or old)
+        service = (meta.get("labels") or {}).get(c.SERVICE_NAME_LABEL)
+        if service:
+            self.queue.add(f"{meta.get('namespace')}/{service}")
+
+    def _on_error(self, key: str, exc: BaseException) -> None:
+        log.warning("service sync failed: %s", exc,
+                    extra=fields(key, kind="service", cluster=self.ctx.config.cluster_id))
+
+    # --- reconcile -------------------------------------------------------------------------
+
+    def wanted(self, svc: JSON | None) -> bool:
+        if svc is None:
+            return False
+        spec = svc.get("spec") or {}
+        selector = spec.get("selector")
+        if not selector or spec.get("type") == "ExternalName":
+            return False
+        ns = _meta(svc).get("namespace")
+        return any(
+            _meta(pod).get("namespace") == ns and not _meta(pod).get("deletionTimestamp")
+            and deps.selector_matches(selector, _meta(pod).get("labels"))
+            for pod in self.ctx.upper_pods.items()
+        )
+
+    def _slices(self, side: str, ns: str, service: str) -> list[JSON]:
+        store = (self.ctx.upper_deps if side == "upper" else self.ctx.lower_deps)[ENDPOINTSLICES]
+        return [s for s in store.items() if _meta(s).get("namespace") == ns
+                and (_meta(s).get("labels") or {}).get(c.SERVICE_NAME_LABEL) == service]
+
+    async def reconcile(self, key: str) -> float | None:
+        ns, name = key.split("/", 1)
+        upper = self.ctx.upper_deps[SERVICES].get(key)
+        if not self.wanted(upper):
+            if self.flat:
+                for s in self._slices("lower", ns, name):
+                    await self.copies.collect(ENDPOINTSLICES, ns, _meta(s)["name"])
+            await self.copies.collect(SERVICES, ns, name)
+            return None
+        assert upper is not None
+        result = await self.copies.apply(SERVICES, translate.lower_service(upper, self.ctx.owner, self.flat))
+        if result == "conflict":
+            log.warning(self.copies.conflicts.get(f"{SERVICES}/{key}", "conflict"),
+                        extra=fields(key, kind="service", cluster=self.ctx.config.cluster_id))
+            return None
+        if self.flat:
+            desired = {_meta(s)["name"]: s for s in self._slices("upper", ns, name)}
+            for s in desired.values():
+                await self.copies.apply(ENDPOINTSLICES, translate.lower_endpointslice(s, self.ctx.owner))
+            for s in self._slices("lower", ns, name):
+                if _meta(s)["name"] not in desired:
+                    await self.copies.collect(ENDPOINTSLICES, ns, _meta(s)["name"])
+        return None
+
+    def start(self) -> None:
+        for svc in self.ctx.lower_deps[SERVICES].items():
+            self.queue.add(key_of(svc))
+        for svc in self.ctx.upper_deps[SERVICES].items():
+            self.queue.add(key_of(svc))
+        self.workers.start()
+
+    async def stop(self) -> None:
+        await self.workers.stop()
