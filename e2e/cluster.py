@@ -23,7 +23,6 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
@@ -32,7 +31,7 @@ from kubernetes import config as k8s_config
 
 from e2e import kwok, pki
 from e2e.binaries import ensure_binaries
-from e2e.process import ComponentFailed, Process, free_port, port_in_use_error
+from e2e.process import ComponentFailed, Process, Supervised, free_port, port_in_use_error
 
 log = logging.getLogger("tensile.e2e.cluster")
 
@@ -61,7 +60,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
         time.sleep(interval)
 
 
-class LocalCluster:
+class LocalCluster(Supervised):
     """One cluster. Use as a context manager; ``start()``/``stop()`` also work."""
 
     _counter = 0
@@ -133,16 +132,8 @@ class LocalCluster:
 
     # --- lifecycle ------------------------------------------------------------
 
-    def __enter__(self) -> LocalCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is not None:
-            self.failed = True
-        self.stop()
+    def on_failure(self) -> None:
+        self.failed = True  # stop() then prints every component's log tail
 
     def start(self) -> None:
         started = time.monotonic()

@@ -12,9 +12,12 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 
 class ComponentFailed(RuntimeError):
@@ -96,3 +99,36 @@ class Process:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(10)
+
+
+class Supervised:
+    """``with thing:`` for harness parts that start, stop and keep a log.
+
+    The part is stopped however the body ends; when the body fails, the log
+    tail is printed first so the failure explains itself.
+    """
+
+    label = "component"
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def log_tail(self, lines: int = 40) -> str:
+        raise NotImplementedError
+
+    def on_failure(self) -> None:
+        print(f"\n----- {self.label} -----\n{self.log_tail()}", file=sys.stderr)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            self.on_failure()
+        self.stop()

@@ -10,13 +10,12 @@ import os
 import sys
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from e2e.cluster import LocalCluster
-from e2e.process import Process, free_port
+from e2e.process import Process, Supervised, free_port
 
 
-class VirtualNodeProcess:
+class VirtualNodeProcess(Supervised):
     def __init__(
         self,
         upper: LocalCluster,
@@ -32,6 +31,7 @@ class VirtualNodeProcess:
         self.log_path = (log_dir or upper.dir) / f"virtual-node-{name}.log"
         self.metrics_port = 0
         self.proc: Process | None = None
+        self.label = f"virtual node {name} ({self.log_path})"
 
     def argv(self) -> list[str]:
         return [
@@ -74,14 +74,3 @@ class VirtualNodeProcess:
 
     def log_tail(self, lines: int = 60) -> str:
         return self.proc.log_tail(lines) if self.proc else "(not started)"
-
-    def __enter__(self) -> VirtualNodeProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is not None:
-            print(f"\n----- virtual node {self.name} ({self.log_path}) -----\n{self.log_tail()}", file=sys.stderr)
-        self.stop()

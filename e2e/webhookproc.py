@@ -14,12 +14,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from kubernetes import client as k8s
 
 from e2e.cluster import LocalCluster, wait_for
-from e2e.process import Process, free_port
+from e2e.process import Process, Supervised, free_port
 from tensile import conventions as c
 
 CONFIG_NAME = "tensile-webhook"
@@ -32,13 +31,14 @@ def tensile(*args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-class WebhookProcess:
+class WebhookProcess(Supervised):
     def __init__(self, cluster: LocalCluster, extra_args: list[str] | None = None) -> None:
         self.cluster = cluster
         self.extra_args = extra_args or []
         self.dir: Path = cluster.dir / "webhook"
         self.port = 0
         self.proc: Process | None = None
+        self.label = f"webhook ({cluster.dir / 'webhook.log'})"
 
     @property
     def url(self) -> str:
@@ -88,14 +88,3 @@ class WebhookProcess:
 
     def log_tail(self, lines: int = 40) -> str:
         return self.proc.log_tail(lines) if self.proc else "(not started)"
-
-    def __enter__(self) -> WebhookProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is not None:
-            print(f"\n----- webhook ({self.cluster.dir / 'webhook.log'}) -----\n{self.log_tail()}", file=sys.stderr)
-        self.stop()
