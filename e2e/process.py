@@ -93,6 +93,10 @@ class Process:
                 os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(10)
 
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode if self.popen else None
+
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self.popen is not None and self.popen.poll() is None:

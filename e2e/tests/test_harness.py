@@ -153,3 +153,15 @@ def test_component_dying_at_startup_fails_with_its_log_tail() -> None:
     assert "no-such-flag" in str(err.value)
     assert time.monotonic() - started < cluster_mod.START_TIMEOUT
     assert not [p for p in c.processes.values() if p.alive()]
+
+
+def test_custom_scheduler_configuration_is_used(make_cluster: Callable[..., LocalCluster]) -> None:
+    # A second profile under another name: a pod asking for it is only scheduled if the file was used.
+    c = make_cluster("sched", scheduler_config={"profiles": [
+        {"schedulerName": "default-scheduler"}, {"schedulerName": "tensile-test-scheduler"}]})
+    c.core.create_namespaced_pod("default", {"metadata": {"name": "custom"}, "spec": {
+        "schedulerName": "tensile-test-scheduler", "containers": [{"name": "c", "image": "x"}]}})
+    pod = wait_for(lambda: (p := c.core.read_namespaced_pod("custom", "default")).spec.node_name and p, 60,
+                   what="pod scheduled by the custom profile")
+    assert pod.spec.node_name == "sched-node-0"
+    assert "tensile-test-scheduler" in (c.dir / "kube-scheduler.yaml").read_text()

@@ -113,10 +113,11 @@ def test_pod_with_all_dependency_kinds_runs_in_lower_cluster(federation: Fed, ns
             "hostPath": {"path": f"/tmp/{pv}"}}})
     core.create_namespaced_persistent_volume_claim(ns, {"metadata": {"name": "data"}, "spec": {
         "accessModes": ["ReadWriteOnce"], "storageClassName": ns, "resources": {"requests": {"storage": "1Gi"}}}})
+    core.create_namespaced_service_account(ns, {"metadata": {"name": "robot"}})
     core.create_namespaced_service(ns, {"metadata": {"name": "web"}, "spec": {
         "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
     core.create_namespaced_pod(ns, pod_manifest(
-        "web-0", labels={"app": "web"},
+        "web-0", labels={"app": "web"}, serviceAccountName="robot",
         containers=[{"name": "app", "image": "nginx:1.25",
                      "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "app-secret",
                                                                                   "key": "password"}}}],
@@ -138,6 +139,11 @@ def test_pod_with_all_dependency_kinds_runs_in_lower_cluster(federation: Fed, ns
     assert lower.core.read_namespaced_config_map("proj-config", ns).data == {"x": "1"}
     assert base64.b64decode(lower.core.read_namespaced_secret("app-secret", ns).data["password"]) == b"hunter2"
     assert lower.core.read_namespaced_persistent_volume_claim("data", ns).status.phase == "Bound"
+    # The lower copy runs as the lower cluster's own same-name ServiceAccount, with a lower token.
+    assert low_pod.spec.service_account_name == "robot"
+    assert lower.core.read_namespaced_service_account("robot", ns).metadata.labels[c.OWNER_NODE_LABEL] == VK
+    upper_tokens = {v.name for v in up_pod.spec.volumes if v.name.startswith(c.SERVICE_ACCOUNT_TOKEN_PREFIX)}
+    assert upper_tokens and not upper_tokens & {v.name for v in low_pod.spec.volumes}
     svc = lower.core.read_namespaced_service("web", ns)
     assert svc.spec.selector == {"app": "web"}
     # The lower cluster's own endpoint controller routes the Service to the lower pod.
@@ -163,6 +169,7 @@ def test_pod_with_all_dependency_kinds_runs_in_lower_cluster(federation: Fed, ns
                      (lower.core.read_namespaced_config_map, "proj-config"),
                      (lower.core.read_namespaced_secret, "app-secret"),
                      (lower.core.read_namespaced_persistent_volume_claim, "data"),
+                     (lower.core.read_namespaced_service_account, "robot"),
                      (lower.core.read_namespaced_service, "web")):
         wait_gone(fn, name, ns, timeout=60, what=f"unreferenced lower copy {name} deleted")
 

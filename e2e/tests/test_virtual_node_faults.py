@@ -84,3 +84,20 @@ def test_lower_apiserver_outage_turns_node_not_ready_then_ready(
     cond = wait_for(lambda: (cd := node_condition(upper, VK)) and cd.status == "True" and cd, 60,
                     what="node Ready after the lower apiserver returned")
     assert cond.reason == "KubeletReady"
+
+
+def test_sigterm_shuts_down_cleanly(
+    make_cluster: Callable[..., LocalCluster], make_virtual_node: Callable[..., VirtualNodeProcess]
+) -> None:
+    upper = make_cluster("upper", list(UPPER_NODES))
+    lower = make_cluster("lower", list(LOWER_NODES))
+    vn = make_virtual_node(upper, lower, VK)
+    ns = unique("term")
+    create_namespace(upper, ns)
+    for i in range(20):
+        upper.core.create_namespaced_pod(ns, pod_manifest(f"p{i}"))
+    vn.stop()  # SIGTERM while pods are being copied
+    assert vn.proc is not None and vn.proc.returncode == 0
+    log = vn.log_path.read_text()
+    assert "signal received, shutting down" in log and "virtual node stopped" in log
+    assert "Traceback" not in log
