@@ -146,7 +146,7 @@ def fake_cluster(monkeypatch: pytest.MonkeyPatch) -> dict[str, _FakeApi]:
     monkeypatch.setattr(exceptions, "ApiException", _ApiException)
     monkeypatch.setattr(client, "AdmissionregistrationV1Api", lambda _api_client: holder["api"])
     monkeypatch.setattr(install, "_api_client", lambda _kubeconfig: type("C", (), {"close": lambda self: None})())
-    monkeypatch.setattr(install.time, "sleep", lambda _seconds: None)
+    monkeypatch.setattr(install, "_sleep", lambda _seconds: None)
     return holder
 
 

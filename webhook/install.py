@@ -28,6 +28,8 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 from tensile.conventions import (
     KUBE_SYSTEM,
     MANAGED_BY_LABEL,
@@ -172,6 +174,10 @@ def _api_client(kubeconfig: str | os.PathLike[str] | None) -> Any:
     return config.new_client_from_config(config_file=None if kubeconfig is None else os.fspath(kubeconfig))
 
 
+#: How retries wait; a seam so unit tests need not sleep.
+_sleep = time.sleep
+
+
 def ensure_configuration(kubeconfig: str | os.PathLike[str] | None, manifest: JSONObject, attempts: int = 5) -> str:
     """Create the MutatingWebhookConfiguration, or replace it if it exists.
 
@@ -185,27 +191,28 @@ def ensure_configuration(kubeconfig: str | os.PathLike[str] | None, manifest: JS
 
     name = manifest["metadata"]["name"]
     api_client = _api_client(kubeconfig)
+    api: Any = client.AdmissionregistrationV1Api(api_client)  # given plain dicts, not model classes
+
+    def create_or_replace() -> str:
+        try:
+            api.create_mutating_webhook_configuration(body=manifest)
+            return "created"
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = api.read_mutating_webhook_configuration(name)
+        body = copy.deepcopy(manifest)
+        body["metadata"]["resourceVersion"] = existing.metadata.resource_version
+        api.replace_mutating_webhook_configuration(name, body=body)
+        return "updated"
+
+    # 409: changed since we read it; 404: deleted since we read it. Both are races worth another try.
+    lost_race = retry_if_exception(lambda e: isinstance(e, ApiException) and e.status in (404, 409))
     try:
-        api: Any = client.AdmissionregistrationV1Api(api_client)  # given plain dicts, not model classes
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                api.create_mutating_webhook_configuration(body=manifest)
-                return "created"
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-            try:
-                existing = api.read_mutating_webhook_configuration(name)
-                body = copy.deepcopy(manifest)
-                body["metadata"]["resourceVersion"] = existing.metadata.resource_version
-                api.replace_mutating_webhook_configuration(name, body=body)
-                return "updated"
-            except ApiException as exc:
-                # 409: changed since we read it; 404: deleted since we read it. Try again.
-                if exc.status not in (404, 409) or attempt >= attempts:
-                    raise
-            time.sleep(0.2 * attempt)
+        result: str = Retrying(
+            stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.2, max=2.0),
+            retry=lost_race, reraise=True, sleep=_sleep,
+        )(create_or_replace)
+        return result
     finally:
         api_client.close()

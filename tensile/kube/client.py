@@ -216,6 +216,10 @@ class Kube:
                             break
                         line, buf = buf[:nl], buf[nl + 1:]
                         if line.strip():
-                            yield orjson.loads(line)
+                            try:
+                                event = orjson.loads(line)
+                            except orjson.JSONDecodeError as exc:
+                                raise ApiError(500, "InvalidWatchEvent", f"WATCH {url_path}: {exc}") from exc
+                            yield event
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ApiError.connection(exc, "WATCH", url_path) from exc

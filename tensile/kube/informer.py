@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from tensile.kube.client import JSON, Kube
 from tensile.kube.errors import ApiError
@@ -143,26 +144,36 @@ class Informer:
                 old = self.store.pop(key, None)
                 self._notify(old if old is not None else self._shrink(obj), None)
 
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning("informer %s: %s; relisting in %.1fs", self.name, exc, wait)
+
     async def run(self) -> None:
-        """List and watch until cancelled. Never raises on API trouble; it backs off and relists."""
-        backoff = 0.5
+        """List and watch until cancelled. Never raises on API trouble; it backs off and relists.
+
+        A watch that ends cleanly (server timeout) is resumed from the last
+        resourceVersion; 410 Gone relists at once; any other error relists
+        after an exponential, jittered backoff that resets once a watch works.
+        """
         need_list = True
         while True:
-            try:
-                if need_list:
-                    await self._list()
-                    need_list = False
-                await self._watch()
-                backoff = 0.5  # a clean server-side timeout: just watch again
-            except ApiError as exc:
-                if exc.gone:
-                    log.info("informer %s: resourceVersion too old, relisting", self.name)
-                    need_list = True
-                    continue
-                need_list = True
-                log.warning("informer %s: %s; retrying in %.1fs", self.name, exc, backoff)
-                await asyncio.sleep(backoff * (1 + random.random() * 0.2))
-                backoff = min(backoff * 2, 30.0)
+            async for attempt in AsyncRetrying(
+                wait=wait_exponential_jitter(initial=0.5, max=30.0),
+                retry=retry_if_exception_type(ApiError),
+                before_sleep=self._before_sleep,
+            ):
+                with attempt:
+                    if need_list:
+                        await self._list()
+                        need_list = False
+                    try:
+                        await self._watch()
+                    except ApiError as exc:
+                        need_list = True
+                        if not exc.gone:
+                            raise
+                        log.info("informer %s: resourceVersion too old, relisting", self.name)
 
     async def _resync_loop(self) -> None:
         while True:
