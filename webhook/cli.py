@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from tensile import logs
 from tensile.conventions import CLUSTER_ID_LABEL
 
 __all__ = ["main", "register"]
@@ -151,13 +151,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    level = getattr(args, "log_level", "INFO")
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("tensile").setLevel(level)
-    if level == "DEBUG":
-        root.setLevel(logging.DEBUG)
+    """JSON lines, like every tensile component (tensile.logs)."""
+    logs.setup(getattr(args, "log_level", "INFO"))
 
 
 def _fail(message: str, code: int = 2) -> int:

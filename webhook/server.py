@@ -66,14 +66,8 @@ def ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
 def _log_decision(decision: Decision, status: int) -> None:
     # Identity and outcome only: the pod body may hold secrets in env values, so it is never logged.
     log.info(
-        "admission decision=%s status=%d uid=%s namespace=%s name=%s reason=%r operations=%d",
+        "admission %s",
         decision.action,
-        status,
-        decision.uid,
-        decision.namespace,
-        decision.name,
-        decision.reason,
-        decision.operations,
         extra={
             "decision": decision.action,
             "status": status,
