@@ -23,12 +23,15 @@ class VirtualNodeProcess(Supervised):
         name: str = "vk-lower",
         extra_args: list[str] | None = None,
         log_dir: Path | None = None,
+        upper_env: dict[str, str] | None = None,
     ) -> None:
         self.upper = upper
         self.lower = lower
         self.name = name
         self.extra_args = extra_args or []
         self.log_path = (log_dir or upper.dir) / f"virtual-node-{name}.log"
+        #: When set, the upper side is reached with these (in-cluster) variables, not a kubeconfig.
+        self.upper_env = upper_env
         self.metrics_port = 0
         self.proc: Process | None = None
         self.label = f"virtual node {name} ({self.log_path})"
@@ -37,7 +40,7 @@ class VirtualNodeProcess(Supervised):
         return [
             sys.executable, "-m", "tensile.cli", "virtual-node",
             f"--nodename={self.name}",
-            f"--kubeconfig={self.upper.kubeconfig}",
+            *([] if self.upper_env else [f"--kubeconfig={self.upper.kubeconfig}"]),
             f"--client-kubeconfig={self.lower.kubeconfig}",
             "--node-ip=127.0.0.1",
             f"--metrics-port={self.metrics_port}",
@@ -48,6 +51,8 @@ class VirtualNodeProcess(Supervised):
     def start(self, timeout: float = 60.0) -> None:
         self.metrics_port = free_port()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("KUBECONFIG", None)
+        env.update(self.upper_env or {})
         self.proc = Process(f"virtual-node-{self.name}", self.argv(), self.log_path, env=env)
         self.proc.start()
         self.proc.wait_ready(self._ready, timeout)

@@ -31,6 +31,7 @@ from tensile.kube.errors import ApiError
 log = logging.getLogger("tensile.kube")
 
 JSON = dict[str, Any]
+SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -101,7 +102,14 @@ class Kube:
         if kubeconfig:
             await kube_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg, persist_config=False)
         elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            # In a pod: the service-account token and CA (another directory for
+            # tokens projected elsewhere, via TENSILE_SERVICEACCOUNT_DIR).
+            sa_dir = os.environ.get("TENSILE_SERVICEACCOUNT_DIR", SERVICEACCOUNT_DIR)
+            load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=cfg,
+                token_filename=os.path.join(sa_dir, "token"),
+                cert_filename=os.path.join(sa_dir, "ca.crt"),
+            )
         else:
             await kube_config.load_kube_config(client_configuration=cfg, persist_config=False)
         return cls(cfg, qps, burst, name)
