@@ -8,6 +8,7 @@ shortest exact canonical-enough form the API accepts.
 
 from __future__ import annotations
 
+import functools
 import re
 from fractions import Fraction
 
@@ -24,6 +25,12 @@ def parse(value: str | int | float) -> Fraction:
     """Parse a quantity; raises ``ValueError`` on anything Kubernetes would reject."""
     if isinstance(value, int | float):
         return Fraction(value)
+    return _parse_str(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_str(value: str) -> Fraction:
+    # The same few strings ("100m", "128Mi") repeat across thousands of pods.
     m = _RE.match(value.strip())
     if not m:
         raise ValueError(f"invalid quantity {value!r}")
@@ -53,9 +60,14 @@ ResourceList = dict[str, Fraction]
 
 def add(a: ResourceList, b: ResourceList) -> ResourceList:
     out = dict(a)
-    for k, v in b.items():
-        out[k] = out.get(k, Fraction(0)) + v
+    add_into(out, b)
     return out
+
+
+def add_into(total: ResourceList, b: ResourceList) -> None:
+    """``total += b`` in place: the hot loop of capacity sums."""
+    for k, v in b.items():
+        total[k] = total[k] + v if k in total else v
 
 
 def maximum(a: ResourceList, b: ResourceList) -> ResourceList:
