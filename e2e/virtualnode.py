@@ -24,6 +24,7 @@ class VirtualNodeProcess(Supervised):
         extra_args: list[str] | None = None,
         log_dir: Path | None = None,
         upper_env: dict[str, str] | None = None,
+        upper_kubeconfig: Path | None = None,
     ) -> None:
         self.upper = upper
         self.lower = lower
@@ -32,6 +33,7 @@ class VirtualNodeProcess(Supervised):
         self.log_path = (log_dir or upper.dir) / f"virtual-node-{name}.log"
         #: When set, the upper side is reached with these (in-cluster) variables, not a kubeconfig.
         self.upper_env = upper_env
+        self.upper_kubeconfig = upper_kubeconfig or upper.kubeconfig
         self.metrics_port = 0
         self.proc: Process | None = None
         self.label = f"virtual node {name} ({self.log_path})"
@@ -40,7 +42,7 @@ class VirtualNodeProcess(Supervised):
         return [
             sys.executable, "-m", "tensile.cli", "virtual-node",
             f"--nodename={self.name}",
-            *([] if self.upper_env else [f"--kubeconfig={self.upper.kubeconfig}"]),
+            *([] if self.upper_env else [f"--kubeconfig={self.upper_kubeconfig}"]),
             f"--client-kubeconfig={self.lower.kubeconfig}",
             "--node-ip=127.0.0.1",
             f"--metrics-port={self.metrics_port}",

@@ -1,11 +1,16 @@
-"""The virtual node with in-cluster credentials and only the RBAC in deploy/rbac.yaml."""
+"""Credentials: in-cluster service-account tokens with deploy/rbac.yaml, and rotated kubeconfig tokens."""
 
 from __future__ import annotations
 
+import os
+import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import utils
 
 from e2e.cluster import LocalCluster, wait_for
@@ -16,6 +21,34 @@ from e2e.virtualnode import VirtualNodeProcess
 pytestmark = pytest.mark.e2e
 
 RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
+SA, SA_NS = "tensile-virtual-node", "tensile-system"
+
+
+def sa_token(upper: LocalCluster) -> str:
+    token: str = wait_for(lambda: upper.core.create_namespaced_service_account_token(
+        SA, SA_NS, {"spec": {"expirationSeconds": 3600}}).status.token, 30, what="a service-account token")
+    return token
+
+
+def token_rejected(upper: LocalCluster, token: str) -> bool:
+    req = urllib.request.Request(upper.server + "/api", headers={"Authorization": f"Bearer {token}"})
+    ctx = ssl.create_default_context(cafile=str(upper.ca_file))
+    try:
+        urllib.request.urlopen(req, context=ctx, timeout=5).close()
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
+    return False
+
+
+def write_token_kubeconfig(upper: LocalCluster, path: Path, token: str) -> None:
+    cluster = {"server": upper.server, "certificate-authority": str(upper.ca_file)}
+    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "sa",
+           "clusters": [{"name": "u", "cluster": cluster}],
+           "users": [{"name": "sa", "user": {"token": token}}],
+           "contexts": [{"name": "sa", "context": {"cluster": "u", "user": "sa"}}]}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(cfg))
+    os.replace(tmp, path)  # atomically, as a secret-syncing sidecar would
 
 
 def test_service_account_credentials_and_least_privilege_rbac_suffice(
@@ -24,9 +57,7 @@ def test_service_account_credentials_and_least_privilege_rbac_suffice(
     upper = make_cluster("upper", list(UPPER_NODES))
     lower = make_cluster("lower", list(LOWER_NODES))
     utils.create_from_yaml(upper.api(), str(RBAC))  # type: ignore[no-untyped-call]
-    token = wait_for(lambda: upper.core.create_namespaced_service_account_token(
-        "tensile-virtual-node", "tensile-system", {"spec": {"expirationSeconds": 3600}}).status.token, 30,
-        what="a service-account token")
+    token = sa_token(upper)
     sa_dir = upper.dir / "serviceaccount"
     sa_dir.mkdir()
     (sa_dir / "token").write_text(token)
@@ -45,3 +76,29 @@ def test_service_account_credentials_and_least_privilege_rbac_suffice(
     assert wait_event(upper, ns, "p", "ProviderCreateSuccess")
     upper.core.delete_namespaced_pod("p", ns)
     wait_for(lambda: not upper.core.list_namespaced_pod(ns).items, 60, what="pod deleted through the RBAC")
+
+
+def test_rotated_kubeconfig_token_is_reloaded_after_401(
+    make_cluster: Callable[..., LocalCluster], make_virtual_node: Callable[..., VirtualNodeProcess]
+) -> None:
+    upper = make_cluster("upper", list(UPPER_NODES))
+    lower = make_cluster("lower", list(LOWER_NODES))
+    utils.create_from_yaml(upper.api(), str(RBAC))  # type: ignore[no-untyped-call]
+    kubeconfig = upper.dir / "rotating.kubeconfig"
+    old_token = sa_token(upper)
+    write_token_kubeconfig(upper, kubeconfig, old_token)
+    vn = make_virtual_node(upper, lower, "vk-rotate", upper_kubeconfig=kubeconfig)
+    ns = unique("rot")
+    create_namespace(upper, ns)
+    upper.core.create_namespaced_pod(ns, pod_manifest("before"))
+    wait_pod_running(upper, ns, "before")
+    # Rotate: the old token dies with its ServiceAccount; a new one lands in the same file.
+    upper.core.delete_namespaced_service_account(SA, SA_NS)
+    wait_for(lambda: SA not in {a.metadata.name for a in upper.core.list_namespaced_service_account(SA_NS).items},
+             30, what="old ServiceAccount gone")
+    upper.core.create_namespaced_service_account(SA_NS, {"metadata": {"name": SA}})
+    write_token_kubeconfig(upper, kubeconfig, sa_token(upper))
+    wait_for(lambda: token_rejected(upper, old_token), 60, what="the old token rejected (auth cache expired)")
+    upper.core.create_namespaced_pod(ns, pod_manifest("after"))
+    wait_pod_running(upper, ns, "after", timeout=90)
+    assert vn.metrics()["tensile_upper_reauths"] >= 1

@@ -100,6 +100,8 @@ class VirtualNode:
         out: dict[str, Any] = {
             "upper_requests": self.upper.requests,
             "lower_requests": self.lower.requests,
+            "upper_reauths": self.upper.reauths,
+            "lower_reauths": self.lower.reauths,
         }
         if self.pods is not None:
             out.update({f"pods_{k}": v for k, v in self.pods.stats.items()})

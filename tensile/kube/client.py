@@ -16,7 +16,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -83,25 +83,46 @@ def path(
     return "/".join(parts)
 
 
-class Kube:
-    """One cluster's API: requests and watches on plain dicts."""
+Reload = Callable[[], Awaitable[Configuration]]
+#: Do not reload credentials more often than this, however many requests fail at once.
+REAUTH_MIN_INTERVAL = 5.0
 
-    def __init__(self, config: Configuration, qps: float = 100.0, burst: int = 200, name: str = "") -> None:
+
+class Kube:
+    """One cluster's API: requests and watches on plain dicts.
+
+    On 401 Unauthorized the credentials are loaded again (a kubeconfig whose
+    token was rotated, or whose exec plugin hands out short-lived tokens) and
+    the request is tried once more.
+    """
+
+    def __init__(
+        self, config: Configuration, qps: float = 100.0, burst: int = 200, name: str = "", reload: Reload | None = None
+    ) -> None:
         self.config = config
         self.name = name
         self.host = (config.host or "").rstrip("/")
         self.limiter = TokenBucket(qps, burst)
         self._session: aiohttp.ClientSession | None = None
+        self._reload = reload
+        self._reauth_lock = asyncio.Lock()
+        self._last_reauth = 0.0
         self.requests = 0
+        self.reauths = 0
 
     @classmethod
     async def from_kubeconfig(
         cls, kubeconfig: str | None, qps: float = 100.0, burst: int = 200, name: str = ""
     ) -> Kube:
+        async def load_file() -> Configuration:
+            fresh = Configuration()
+            await kube_config.load_kube_config(config_file=kubeconfig, client_configuration=fresh, persist_config=False)
+            return fresh
+
         cfg = Configuration()
         if kubeconfig:
-            await kube_config.load_kube_config(config_file=kubeconfig, client_configuration=cfg, persist_config=False)
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            return cls(await load_file(), qps, burst, name, reload=load_file)
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
             # In a pod: the service-account token and CA (another directory for
             # tokens projected elsewhere, via TENSILE_SERVICEACCOUNT_DIR).
             sa_dir = os.environ.get("TENSILE_SERVICEACCOUNT_DIR", SERVICEACCOUNT_DIR)
@@ -113,6 +134,24 @@ class Kube:
         else:
             await kube_config.load_kube_config(client_configuration=cfg, persist_config=False)
         return cls(cfg, qps, burst, name)
+
+    async def reauthenticate(self) -> bool:
+        """Load the credentials again; False when there is nothing to reload."""
+        if self._reload is None:
+            return False
+        async with self._reauth_lock:
+            if time.monotonic() - self._last_reauth < REAUTH_MIN_INTERVAL:
+                return True  # another request just did it
+            self.config = await self._reload()
+            self.host = (self.config.host or "").rstrip("/")
+            old, self._session = self._session, None
+            if old is not None:
+                # Requests still in flight on the old session finish or fail on their own.
+                asyncio.get_running_loop().call_later(30, lambda: asyncio.ensure_future(old.close()))
+            self._last_reauth = time.monotonic()
+            self.reauths += 1
+            log.warning("credentials reloaded after 401 Unauthorized", extra={"cluster": self.name})
+            return True
 
     def _ssl_context(self) -> ssl.SSLContext | bool:
         if not self.host.startswith("https"):
@@ -165,6 +204,22 @@ class Kube:
         timeout: float = 30.0,
     ) -> JSON:
         """One API call. Returns the decoded body; raises :class:`ApiError` on failure."""
+        try:
+            return await self._request(method, url_path, params, body, content_type, timeout)
+        except ApiError as exc:
+            if exc.status == 401 and await self.reauthenticate():
+                return await self._request(method, url_path, params, body, content_type, timeout)
+            raise
+
+    async def _request(
+        self,
+        method: str,
+        url_path: str,
+        params: Mapping[str, str | int] | None,
+        body: Any,
+        content_type: str | None,
+        timeout: float,
+    ) -> JSON:
         await self.limiter.acquire()
         self.requests += 1
         data = None
@@ -214,6 +269,8 @@ class Kube:
                 timeout=aiohttp.ClientTimeout(total=timeout + 30, sock_read=timeout + 30),
             ) as resp:
                 if resp.status >= 400:
+                    if resp.status == 401:
+                        await self.reauthenticate()  # the informer's retry uses the new credentials
                     raise ApiError.from_response(resp.status, await resp.read(), "WATCH", url_path)
                 buf = b""
                 async for chunk in resp.content.iter_any():
