@@ -60,7 +60,35 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
         time.sleep(interval)
 
 
-class LocalCluster(Supervised):
+class KubeconfigClients:
+    """Ready ``kubernetes`` clients for anything that has an admin ``kubeconfig``."""
+
+    _api: k8s.ApiClient | None = None
+
+    @property
+    def kubeconfig(self) -> Path:
+        raise NotImplementedError
+
+    def api(self) -> k8s.ApiClient:
+        if self._api is None:
+            self._api = k8s_config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
+        return self._api
+
+    def close_clients(self) -> None:
+        if self._api is not None:
+            self._api.close()  # type: ignore[no-untyped-call]
+            self._api = None
+
+    @property
+    def core(self) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(self.api())
+
+    @property
+    def apps(self) -> k8s.AppsV1Api:
+        return k8s.AppsV1Api(self.api())
+
+
+class LocalCluster(Supervised, KubeconfigClients):
     """One cluster. Use as a context manager; ``start()``/``stop()`` also work."""
 
     _counter = 0
@@ -87,7 +115,6 @@ class LocalCluster(Supervised):
         self.processes: dict[str, Process] = {}
         self.etcd_port = 0
         self.apiserver_port = 0
-        self._api: k8s.ApiClient | None = None
         self.failed = False
 
     # --- paths and clients -------------------------------------------------
@@ -103,19 +130,6 @@ class LocalCluster(Supervised):
     @property
     def ca_file(self) -> Path:
         return self.dir / "pki" / "ca.crt"
-
-    def api(self) -> k8s.ApiClient:
-        if self._api is None:
-            self._api = k8s_config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
-        return self._api
-
-    @property
-    def core(self) -> k8s.CoreV1Api:
-        return k8s.CoreV1Api(self.api())
-
-    @property
-    def apps(self) -> k8s.AppsV1Api:
-        return k8s.AppsV1Api(self.api())
 
     def _ssl(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
@@ -371,9 +385,7 @@ class LocalCluster(Supervised):
         )
 
     def stop(self) -> None:
-        if self._api is not None:
-            self._api.close()  # type: ignore[no-untyped-call]
-            self._api = None
+        self.close_clients()
         for name in ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             proc = self.processes.get(name)
             if proc is not None:

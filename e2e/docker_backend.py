@@ -15,9 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-
+from e2e.cluster import KubeconfigClients
 from e2e.process import Supervised
 
 K3S_IMAGE = "rancher/k3s:v1.34.4-k3s1"
@@ -38,14 +36,13 @@ def docker_unavailable() -> str | None:
     return None
 
 
-class K3sCluster(Supervised):
+class K3sCluster(Supervised, KubeconfigClients):
     def __init__(self, name: str, image: str = K3S_IMAGE) -> None:
         self.name = name
         self.image = image
         self.label = f"k3s cluster {name}"
         self.dir = Path(tempfile.mkdtemp(prefix=f"tensile-k3s-{name}-"))
         self.container: Any = None
-        self._api: k8s.ApiClient | None = None
 
     @property
     def kubeconfig(self) -> Path:
@@ -61,15 +58,6 @@ class K3sCluster(Supervised):
         self.container.start()
         self.kubeconfig.write_text(self.container.config_yaml())
 
-    def api(self) -> k8s.ApiClient:
-        if self._api is None:
-            self._api = k8s_config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
-        return self._api
-
-    @property
-    def core(self) -> k8s.CoreV1Api:
-        return k8s.CoreV1Api(self.api())
-
     def log_tail(self, lines: int = 40) -> str:
         if self.container is None:
             return "(not started)"
@@ -77,6 +65,7 @@ class K3sCluster(Supervised):
         return "\n".join((out + err).decode(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
+        self.close_clients()
         if self.container is not None:
             self.container.stop()
             self.container = None
