@@ -257,7 +257,7 @@ def _no_way_message(reason: str) -> str:
         f"{reason}.\nProvide them in one of three ways:\n"
         "  1. set TENSILE_K8S_BIN to a directory that holds all five binaries;\n"
         "  2. run on a machine with network access to dl.k8s.io and github.com (official releases);\n"
-        "  3. install a Go toolchain (go >= 1.24) with access to a Go module proxy; `make binaries` "
+        "  3. install a Go toolchain (go >= 1.26) with access to a Go module proxy; `make binaries` "
         f"then builds them once into {cache_root()}."
     )
 
