@@ -53,6 +53,14 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
     return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after if after.get(k, 0.0) - before.get(k, 0.0) > 0}
 
 
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM: the process's peak resident memory."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def create_pods(cluster: LocalCluster, ns: str, n: int, virtual: bool) -> None:
     core = cluster.core
 
@@ -117,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tensile_status_updates_per_pod": round(
                     (m1["tensile_pods_status_updates"] - m0["tensile_pods_status_updates"]) / n, 2),
                 "tensile_retries": int(m1["tensile_pods_retries"] - m0["tensile_pods_retries"]),
+                "tensile_peak_rss_mib": peak_rss_mib(vn.proc.pid) if vn.proc and vn.proc.pid else None,
             }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"pods-{n}.json"

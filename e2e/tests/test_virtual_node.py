@@ -55,7 +55,10 @@ def lower_sum(lower: LocalCluster, resource: str) -> Fraction:
 
 def test_node_registers_with_labels_taint_and_lower_capacity(federation: Fed) -> None:
     upper, lower, _ = federation
-    node = upper.core.read_node(VK)
+    # A new Node carries node.kubernetes.io/not-ready (TaintNodesByCondition) until the
+    # controller-manager sees it Ready; then only tensile's taint remains.
+    node = wait_for(lambda: (n := upper.core.read_node(VK)) and [t.key for t in n.spec.taints or []] == [
+        c.PROVIDER_TAINT_KEY] and n, 60, what="virtual node with only tensile's taint")
     labels = node.metadata.labels
     assert labels[c.VIRTUAL_NODE_TYPE_LABEL] == c.VIRTUAL_NODE_TYPE_VALUE
     assert labels[c.ROLE_LABEL] == c.ROLE_VALUE

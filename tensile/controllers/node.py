@@ -19,6 +19,8 @@ import logging
 import time
 from typing import Any
 
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
 from tensile import capacity, quantity
 from tensile import conventions as c
 from tensile.controllers.context import Context
@@ -50,16 +52,29 @@ def node_manifest(ctx: Context, arch: str, os_name: str) -> JSON:
         c.MANAGED_BY_LABEL: c.MANAGED_BY_VALUE,
         **cfg.node_labels,
     }
-    taints = (
-        [{"key": c.PROVIDER_TAINT_KEY, "value": c.PROVIDER_TAINT_VALUE, "effect": c.PROVIDER_TAINT_EFFECT}]
-        if cfg.taint else []
-    )
+    taints = [provider_taint()] if cfg.taint else []
     return {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": cfg.node_name, "labels": labels},
         "spec": {"taints": taints},
     }
+
+
+def provider_taint() -> JSON:
+    return {"key": c.PROVIDER_TAINT_KEY, "value": c.PROVIDER_TAINT_VALUE, "effect": c.PROVIDER_TAINT_EFFECT}
+
+
+def merged_taints(current: list[JSON], want_provider_taint: bool) -> list[JSON]:
+    """``current`` with tensile's taint present (or absent); every other taint kept as it is."""
+    others = [t for t in current if t.get("key") != c.PROVIDER_TAINT_KEY]
+    mine = [t for t in current if t.get("key") == c.PROVIDER_TAINT_KEY]
+    if not want_provider_taint:
+        return others
+    wanted = provider_taint()
+    if len(mine) == 1 and all(mine[0].get(k) == v for k, v in wanted.items()):
+        return current
+    return [*others, wanted]
 
 
 def conditions(ready: bool, reason: str, message: str, previous: list[JSON]) -> list[JSON]:
@@ -159,6 +174,16 @@ class NodeController:
         }
 
     async def ensure_registered(self) -> JSON:
+        """Create the Node, or bring its labels and taint in line; retried when the Node changed meanwhile."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(5), wait=wait_exponential(multiplier=0.2, max=2.0),
+            retry=retry_if_exception(lambda e: isinstance(e, ApiError) and e.conflict), reraise=True,
+        ):
+            with attempt:
+                return await self._register()
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _register(self) -> JSON:
         nodes = self.ctx.lower_nodes.items()
         manifest = node_manifest(
             self.ctx,
@@ -169,12 +194,16 @@ class NodeController:
             node = await self.ctx.upper.get(path("nodes", name=self.name))
             labels = (node.get("metadata") or {}).get("labels") or {}
             want = manifest["metadata"]["labels"]
-            if any(labels.get(k) != v for k, v in want.items()) or ((
-                (node.get("spec") or {}).get("taints") or []
-            ) != manifest["spec"]["taints"] and self.ctx.config.taint):
+            current = (node.get("spec") or {}).get("taints") or []
+            taints = merged_taints(current, self.ctx.config.taint)
+            if any(labels.get(k) != v for k, v in want.items()) or taints != current:
+                # The patch carries the whole taint list (a merge patch replaces lists), built from
+                # the current one: taints set by controllers or admins stay. resourceVersion makes a
+                # concurrent change fail with 409 instead of being overwritten.
                 node = await self.ctx.upper.patch(path("nodes", name=self.name), {
-                    "metadata": {"labels": want},
-                    "spec": {"taints": manifest["spec"]["taints"]} if self.ctx.config.taint else {},
+                    "metadata": {"labels": want, "resourceVersion": (node.get("metadata") or {}).get(
+                        "resourceVersion")},
+                    "spec": {"taints": taints},
                 })
         except ApiError as exc:
             if not exc.not_found:
