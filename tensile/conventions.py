@@ -34,7 +34,6 @@ CREATED_BY_DESCHEDULER_LABEL: Final = "create-by-descheduler"
 HOSTNAME_LABEL: Final = "kubernetes.io/hostname"
 OS_LABEL: Final = "kubernetes.io/os"
 ARCH_LABEL: Final = "kubernetes.io/arch"
-NODE_ROLE_PREFIX: Final = "node-role.kubernetes.io/"
 NOT_READY_TAINT: Final = "node.kubernetes.io/not-ready"
 UNREACHABLE_TAINT: Final = "node.kubernetes.io/unreachable"
 UNSCHEDULABLE_TAINT: Final = "node.kubernetes.io/unschedulable"
@@ -71,14 +70,9 @@ UPPER_UID_ANNOTATION: Final = PREFIX + "upper-uid"
 UPPER_RESOURCE_VERSION_ANNOTATION: Final = PREFIX + "upper-resource-version"
 #: On lower namespaces tensile created.
 NAMESPACE_CREATED_LABEL: Final = PREFIX + "created-namespace"
-#: On upper pods copied down: the lower cluster id (informational).
-LOWER_CLUSTER_ANNOTATION: Final = PREFIX + "lower-cluster"
 
 #: managed-by value on EndpointSlices tensile copies (``--flat-network``), so the
 #: lower EndpointSlice controller leaves them alone.
 ENDPOINTSLICE_MANAGER: Final = "tensile.io"
-
-#: Field manager for server-side writes.
-FIELD_MANAGER: Final = "tensile"
 #: Component name in Events.
 EVENT_COMPONENT: Final = "tensile-virtual-node"

@@ -56,12 +56,6 @@ class Owner:
         )
 
 
-def owned_by_another_node(obj: JSON | None, owner: Owner) -> bool:
-    """Created by tensile, but for another virtual node or upper cluster."""
-    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
-    return c.OWNER_CLUSTER_LABEL in labels and not owner.owns(obj)
-
-
 def _is_token_volume(volume: JSON) -> bool:
     if not volume.get("name", "").startswith(c.SERVICE_ACCOUNT_TOKEN_PREFIX):
         return False

@@ -197,12 +197,13 @@ def test_lower_pvc_keeps_only_portable_spec_and_no_binding_annotations() -> None
     assert low["metadata"]["annotations"]["team"] == "a"
 
 
-def test_ownership_distinguishes_other_virtual_nodes() -> None:
-    other = translate.lower_object("configmaps", {"metadata": {"name": "x", "namespace": "n"}},
-                                   translate.Owner("upper-uid", "vk-b"))
-    assert not OWNER.owns(other)
-    assert translate.owned_by_another_node(other, OWNER)
-    assert not translate.owned_by_another_node({"metadata": {"labels": {}}}, OWNER)
+def test_ownership_distinguishes_other_virtual_nodes_and_upper_clusters() -> None:
+    other_node = translate.lower_object("configmaps", {"metadata": {"name": "x", "namespace": "n"}},
+                                        translate.Owner("upper-uid", "vk-b"))
+    other_upper = translate.lower_object("configmaps", {"metadata": {"name": "x", "namespace": "n"}},
+                                         translate.Owner("other-upper", "vk-a"))
+    assert not OWNER.owns(other_node) and not OWNER.owns(other_upper)
+    assert not OWNER.owns({"metadata": {"labels": {}}})
 
 
 def test_cluster_selector_round_trip() -> None:

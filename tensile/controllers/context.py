@@ -12,6 +12,7 @@ import logging
 import socket
 
 from tensile import capacity
+from tensile import conventions as c
 from tensile.kube.client import Kube, path
 from tensile.kube.events import EventRecorder
 from tensile.kube.informer import Informer
@@ -91,7 +92,7 @@ class Context:
             upper=upper,
             lower=lower,
             owner=owner,
-            recorder=EventRecorder(upper, "tensile-virtual-node", config.node_name),
+            recorder=EventRecorder(upper, c.EVENT_COMPONENT, config.node_name),
             upper_pods=Informer(
                 upper, path("pods"), field_selector=f"spec.nodeName={config.node_name}", name="upper-pods",
                 resync=config.resync,

@@ -1,8 +1,9 @@
-"""API errors and which of them are worth retrying.
+"""API errors as one exception type with the questions controllers ask of it.
 
-Controllers must not swallow API errors: they retry what the apiserver or the
-network says is transient and surface everything else. This module is the
-single place that decides which is which.
+Controllers never swallow these: a reconcile that raises is retried with
+backoff by the work queue and reported (log line, Warning Event); expected
+outcomes (404 on delete, 409 AlreadyExists on create) are checked with the
+properties here, not by string matching.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class ApiError(Exception):
@@ -51,11 +50,3 @@ class ApiError(Exception):
     @property
     def gone(self) -> bool:
         return self.status == 410
-
-    @property
-    def retryable(self) -> bool:
-        return self.status == 0 or self.status in RETRYABLE_STATUS or (self.status == 409 and not self.already_exists)
-
-
-def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, ApiError) and exc.retryable

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
@@ -197,6 +196,3 @@ class Informer:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "objects": len(self.store), "relists": self.relists}
