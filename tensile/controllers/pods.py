@@ -33,7 +33,7 @@ from tensile.controllers.namespaces import NamespaceEnsurer
 from tensile.kube.client import JSON, STRATEGIC_PATCH, path
 from tensile.kube.errors import ApiError
 from tensile.kube.events import NORMAL, WARNING
-from tensile.kube.informer import key_of
+from tensile.kube.informer import key_of, meta_of
 from tensile.kube.workqueue import Workers, WorkQueue
 from tensile.logs import fields
 
@@ -43,9 +43,6 @@ TERMINAL = ("Succeeded", "Failed")
 #: How soon to look again at a pod held by a missing dependency (backoff comes on top via events).
 HELD_RECHECK = 5.0
 
-
-def _meta(obj: JSON | None) -> JSON:
-    return (obj or {}).get("metadata") or {}
 
 
 class PodController:
@@ -75,9 +72,9 @@ class PodController:
 
     def _on_dependency(self, old: JSON | None, new: JSON | None) -> None:
         if old is None and new is not None:
-            ns = _meta(new).get("namespace")
+            ns = meta_of(new).get("namespace")
             for pod in self.ctx.upper_pods.items():
-                if _meta(pod).get("namespace") == ns and not self.ctx.lower_pods.get(key_of(pod)):
+                if meta_of(pod).get("namespace") == ns and not self.ctx.lower_pods.get(key_of(pod)):
                     self.queue.add(key_of(pod))
 
     def _on_error(self, key: str, exc: BaseException) -> None:
@@ -95,13 +92,13 @@ class PodController:
             if lower is not None:
                 await self._delete_lower(key, lower, grace=None, reason="upper pod is gone")
             return None
-        lower_uid = (_meta(lower).get("annotations") or {}).get(c.UPPER_UID_ANNOTATION)
-        if lower is not None and lower_uid != _meta(upper).get("uid"):
+        lower_uid = (meta_of(lower).get("annotations") or {}).get(c.UPPER_UID_ANNOTATION)
+        if lower is not None and lower_uid != meta_of(upper).get("uid"):
             # Same name, new upper pod (StatefulSet replaces pods like that): replace the copy.
-            if not _meta(lower).get("deletionTimestamp"):
+            if not meta_of(lower).get("deletionTimestamp"):
                 await self._delete_lower(key, lower, grace=0, reason="lower copy belongs to an older upper pod")
             return None
-        if _meta(upper).get("deletionTimestamp"):
+        if meta_of(upper).get("deletionTimestamp"):
             return await self._terminate(key, upper, lower)
         if lower is None:
             return await self._ensure_lower(key, upper)
@@ -111,7 +108,7 @@ class PodController:
 
     async def _delete_lower(self, key: str, lower: JSON, grace: int | None, reason: str) -> None:
         ns, name = key.split("/", 1)
-        body: dict[str, Any] = {"preconditions": {"uid": _meta(lower).get("uid")}}
+        body: dict[str, Any] = {"preconditions": {"uid": meta_of(lower).get("uid")}}
         if grace is not None:
             body["gracePeriodSeconds"] = grace
         try:
@@ -125,8 +122,8 @@ class PodController:
     async def _terminate(self, key: str, upper: JSON, lower: JSON | None) -> float | None:
         ns, name = key.split("/", 1)
         if lower is not None:
-            if not _meta(lower).get("deletionTimestamp"):
-                grace = _meta(upper).get("deletionGracePeriodSeconds")
+            if not meta_of(lower).get("deletionTimestamp"):
+                grace = meta_of(upper).get("deletionGracePeriodSeconds")
                 await self._delete_lower(key, lower, grace=grace, reason="upper pod is terminating")
                 self.ctx.recorder.event(upper, NORMAL, "ProviderDeleteSuccess",
                                         f"deleting the lower pod in cluster {self.cluster}")
@@ -141,7 +138,7 @@ class PodController:
                 raise
         try:
             await self.ctx.upper.delete(path("pods", ns, name), {
-                "gracePeriodSeconds": 0, "preconditions": {"uid": _meta(upper).get("uid")},
+                "gracePeriodSeconds": 0, "preconditions": {"uid": meta_of(upper).get("uid")},
             })
             self.stats["deleted_upper"] += 1
             log.info("removed upper pod after its lower copy was gone", extra=fields(key, cluster=self.cluster))
@@ -228,18 +225,18 @@ class PodController:
         self.stats["failed_out_of_band"] += 1
         self.ctx.recorder.event(upper, WARNING, reason, message)
         log.warning(message, extra=fields(key, cluster=self.cluster))
-        owners = _meta(upper).get("ownerReferences") or []
+        owners = meta_of(upper).get("ownerReferences") or []
         if any(o.get("controller") for o in owners):
             try:
                 await self.ctx.upper.delete(path("pods", ns, name), {
-                    "gracePeriodSeconds": 0, "preconditions": {"uid": _meta(upper).get("uid")},
+                    "gracePeriodSeconds": 0, "preconditions": {"uid": meta_of(upper).get("uid")},
                 })
             except ApiError as exc:
                 if not (exc.not_found or exc.conflict):
                     raise
 
     async def _update_lower(self, key: str, upper: JSON, lower: JSON) -> None:
-        if _meta(lower).get("deletionTimestamp"):
+        if meta_of(lower).get("deletionTimestamp"):
             return
         try:
             desired = translate.lower_pod(upper, self.ctx.owner)

@@ -21,7 +21,7 @@ from tensile import translate
 from tensile.controllers.context import ENDPOINTSLICES, Context
 from tensile.controllers.copies import LowerCopies
 from tensile.kube.client import JSON
-from tensile.kube.informer import key_of
+from tensile.kube.informer import key_of, meta_of
 from tensile.kube.workqueue import Workers, WorkQueue
 from tensile.logs import fields
 
@@ -29,9 +29,6 @@ log = logging.getLogger("tensile.services")
 
 SERVICES = "services"
 
-
-def _meta(obj: JSON | None) -> JSON:
-    return (obj or {}).get("metadata") or {}
 
 
 class ServiceController:
@@ -51,14 +48,14 @@ class ServiceController:
     # --- triggers -----------------------------------------------------------------------
 
     def _on_pod(self, old: JSON | None, new: JSON | None) -> None:
-        if old is not None and new is not None and _meta(old).get("labels") == _meta(new).get("labels") and bool(
-            _meta(old).get("deletionTimestamp")
-        ) == bool(_meta(new).get("deletionTimestamp")):
+        if old is not None and new is not None and meta_of(old).get("labels") == meta_of(new).get("labels") and bool(
+            meta_of(old).get("deletionTimestamp")
+        ) == bool(meta_of(new).get("deletionTimestamp")):
             return  # only label changes, arrivals, departures and terminations change what is selected
-        ns = _meta(new or old).get("namespace")
+        ns = meta_of(new or old).get("namespace")
         for inf in (self.ctx.upper_deps[SERVICES], self.ctx.lower_deps[SERVICES]):
             for svc in inf.items():
-                if _meta(svc).get("namespace") == ns:
+                if meta_of(svc).get("namespace") == ns:
                     self.queue.add(key_of(svc))
 
     def _on_service(self, old: JSON | None, new: JSON | None) -> None:
@@ -67,7 +64,7 @@ class ServiceController:
             self.queue.add(key_of(obj))
 
     def _on_slice(self, old: JSON | None, new: JSON | None) -> None:
-        meta = _meta(new or old)
+        meta = meta_of(new or old)
         service = (meta.get("labels") or {}).get(c.SERVICE_NAME_LABEL)
         if service:
             self.queue.add(f"{meta.get('namespace')}/{service}")
@@ -85,17 +82,17 @@ class ServiceController:
         selector = spec.get("selector")
         if not selector or spec.get("type") == "ExternalName":
             return False
-        ns = _meta(svc).get("namespace")
+        ns = meta_of(svc).get("namespace")
         return any(
-            _meta(pod).get("namespace") == ns and not _meta(pod).get("deletionTimestamp")
-            and deps.selector_matches(selector, _meta(pod).get("labels"))
+            meta_of(pod).get("namespace") == ns and not meta_of(pod).get("deletionTimestamp")
+            and deps.selector_matches(selector, meta_of(pod).get("labels"))
             for pod in self.ctx.upper_pods.items()
         )
 
     def _slices(self, side: str, ns: str, service: str) -> list[JSON]:
         store = (self.ctx.upper_deps if side == "upper" else self.ctx.lower_deps)[ENDPOINTSLICES]
-        return [s for s in store.items() if _meta(s).get("namespace") == ns
-                and (_meta(s).get("labels") or {}).get(c.SERVICE_NAME_LABEL) == service]
+        return [s for s in store.items() if meta_of(s).get("namespace") == ns
+                and (meta_of(s).get("labels") or {}).get(c.SERVICE_NAME_LABEL) == service]
 
     async def reconcile(self, key: str) -> float | None:
         ns, name = key.split("/", 1)
@@ -103,7 +100,7 @@ class ServiceController:
         if not self.wanted(upper):
             if self.flat:
                 for s in self._slices("lower", ns, name):
-                    await self.copies.collect(ENDPOINTSLICES, ns, _meta(s)["name"])
+                    await self.copies.collect(ENDPOINTSLICES, ns, meta_of(s)["name"])
             await self.copies.collect(SERVICES, ns, name)
             return None
         assert upper is not None
@@ -113,12 +110,12 @@ class ServiceController:
                         extra=fields(key, kind="service", cluster=self.ctx.config.cluster_id))
             return None
         if self.flat:
-            desired = {_meta(s)["name"]: s for s in self._slices("upper", ns, name)}
+            desired = {meta_of(s)["name"]: s for s in self._slices("upper", ns, name)}
             for s in desired.values():
                 await self.copies.apply(ENDPOINTSLICES, translate.lower_endpointslice(s, self.ctx.owner))
             for s in self._slices("lower", ns, name):
-                if _meta(s)["name"] not in desired:
-                    await self.copies.collect(ENDPOINTSLICES, ns, _meta(s)["name"])
+                if meta_of(s)["name"] not in desired:
+                    await self.copies.collect(ENDPOINTSLICES, ns, meta_of(s)["name"])
         return None
 
     def start(self) -> None:

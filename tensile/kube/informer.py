@@ -31,6 +31,11 @@ Handler = Callable[[JSON | None, JSON | None], None]
 WATCH_TIMEOUT = 300
 
 
+def meta_of(obj: JSON | None) -> JSON:
+    """An object's metadata, ``{}`` for a missing object or field."""
+    return (obj or {}).get("metadata") or {}
+
+
 def key_of(obj: JSON) -> str:
     meta = obj.get("metadata") or {}
     ns = meta.get("namespace")
