@@ -86,7 +86,9 @@ def summary(upper: LocalCluster, lower: LocalCluster) -> None:
     pod = upper.core.list_namespaced_pod(NS, label_selector=f"app={APP}").items[0]
     low = lower.core.read_namespaced_pod(pod.metadata.name, NS)
     print("\nThe pod runs downstairs with its real constraints restored:")
-    print(f"  upper: node={pod.spec.node_name} nodeSelector={pod.spec.node_selector} ip={pod.status.pod_ip}")
+    lower_ip = next((x.message for x in pod.status.conditions or [] if x.type == c.LOWER_POD_CONDITION), None)
+    print(f"  upper: node={pod.spec.node_name} nodeSelector={pod.spec.node_selector} ip={pod.status.pod_ip}"
+          f" (lower IP in condition {c.LOWER_POD_CONDITION}: {lower_ip})")
     print(f"  lower: node={low.spec.node_name} nodeSelector={low.spec.node_selector} ip={low.status.pod_ip}")
     copies = [f"configmap/{x.metadata.name}" for x in lower.core.list_namespaced_config_map(NS).items
               if (x.metadata.labels or {}).get(c.OWNER_NODE_LABEL) == VK]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
 from typing import Any
 
 from kubernetes import client as k8s
@@ -57,15 +58,26 @@ def get_or_none(fn: Any, *args: Any) -> Any:
 
 
 def wait_pod_running(cluster: LocalCluster, ns: str, name: str, timeout: float = 60) -> k8s.V1Pod:
+    """Running, with a pod IP except on a virtual node (its lower IP is unreachable upstairs)."""
     def running() -> k8s.V1Pod | None:
         p = get_or_none(cluster.core.read_namespaced_pod, name, ns)
-        return p if p is not None and p.status.phase == "Running" and p.status.pod_ip else None
+        if p is None or p.status.phase != "Running":
+            return None
+        return p if p.status.pod_ip or lower_ip_of(p) else None
 
     return wait_for(running, timeout, what=f"pod {ns}/{name} Running in {cluster.name}")
 
 
 def wait_gone(fn: Any, *args: Any, timeout: float = 60, what: str = "object gone") -> None:
     wait_for(lambda: get_or_none(fn, *args) is None, timeout, what=what)
+
+
+def lower_ip_of(pod: k8s.V1Pod) -> str | None:
+    """Where a pod of a virtual node runs downstairs: a condition's message, not status.podIP."""
+    for cond in pod.status.conditions or []:
+        if cond.type == c.LOWER_POD_CONDITION:
+            return str(cond.message)
+    return None
 
 
 def events_for(cluster: LocalCluster, ns: str, name: str) -> list[k8s.CoreV1Event]:
@@ -90,3 +102,12 @@ def node_condition(cluster: LocalCluster, node: str, ctype: str = "Ready") -> k8
         if cond.type == ctype:
             return cond
     return None
+
+
+def kubectl(cluster: LocalCluster, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
+    """Run the real ``kubectl`` against ``cluster``, as a user would; fails with its output."""
+    proc = subprocess.run(["kubectl", f"--kubeconfig={cluster.kubeconfig}", *args], input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout

@@ -115,17 +115,108 @@ startTime: {{ $now | Quote }}
 """
 
 
-def _stage(name: str, kind: str, match: list[dict[str, Any]], nxt: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "kwok.x-k8s.io/v1alpha1",
-        "kind": "Stage",
-        "metadata": {"name": name},
-        "spec": {
-            "resourceRef": {"apiGroup": "v1", "kind": kind},
-            "selector": {"matchExpressions": match},
-            "next": nxt,
-        },
+#: Pods labelled with this key get a life other than "Running at once", for tests of what tensile
+#: does when a lower pod fails, finishes or takes its time to stop:
+#: - ``complete``: the containers exit with the code in annotation ``e2e.tensile.io/exit-code``
+#:   (default 0), so the pod ends Succeeded or Failed;
+#: - ``image-pull-failure``: the containers wait with ErrImagePull, as with an image that does not exist;
+#: - ``graceful``: runs, and once deleted stays until its deletionTimestamp (its grace period) passes.
+SIMULATE_LABEL = "e2e.tensile.io/simulate"
+EXIT_CODE_ANNOTATION = "e2e.tensile.io/exit-code"
+_SIMULATE_KEY = f'.metadata.labels["{SIMULATE_LABEL}"]'
+
+_POD_COMPLETE = """\
+{{ $now := Now }}
+{{ $code := "0" }}{{ with .metadata.annotations }}{{ with index . "@EXIT_CODE@" }}{{ $code = . }}{{ end }}{{ end }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Initialized
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  reason: PodCompleted
+  type: Ready
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  reason: PodCompleted
+  type: ContainersReady
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: PodScheduled
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  started: false
+  restartCount: 0
+  state:
+    terminated:
+      exitCode: {{ $code }}
+      reason: {{ if eq $code "0" }}Completed{{ else }}Error{{ end }}
+      startedAt: {{ $now | Quote }}
+      finishedAt: {{ $now | Quote }}
+{{ end }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
+phase: {{ if eq $code "0" }}Succeeded{{ else }}Failed{{ end }}
+startTime: {{ $now | Quote }}
+""".replace("@EXIT_CODE@", EXIT_CODE_ANNOTATION)
+
+_POD_IMAGE_PULL_FAILURE = """\
+{{ $now := Now }}
+conditions:
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: Initialized
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  reason: ContainersNotReady
+  type: Ready
+- lastTransitionTime: {{ $now | Quote }}
+  status: "False"
+  reason: ContainersNotReady
+  type: ContainersReady
+- lastTransitionTime: {{ $now | Quote }}
+  status: "True"
+  type: PodScheduled
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  name: {{ .name | Quote }}
+  ready: false
+  started: false
+  restartCount: 0
+  state:
+    waiting:
+      reason: ErrImagePull
+      message: {{ printf "failed to pull and unpack image %q: not found" .image | Quote }}
+{{ end }}
+hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
+podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
+phase: Pending
+startTime: {{ $now | Quote }}
+"""
+
+
+def _stage(name: str, kind: str, match: list[dict[str, Any]], nxt: dict[str, Any],
+           delay: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "resourceRef": {"apiGroup": "v1", "kind": kind},
+        "selector": {"matchExpressions": match},
+        "next": nxt,
     }
+    if delay:
+        spec["delay"] = delay
+    return {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": name}, "spec": spec}
+
+
+def _simulated(*modes: str) -> dict[str, Any]:
+    return {"key": _SIMULATE_KEY, "operator": "In", "values": list(modes)}
+
+
+def _not_simulated(*modes: str) -> dict[str, Any]:
+    return {"key": _SIMULATE_KEY, "operator": "NotIn", "values": list(modes)}
 
 
 def stages() -> list[dict[str, Any]]:
@@ -139,13 +230,35 @@ def stages() -> list[dict[str, Any]]:
         _stage(
             "pod-ready", "Pod",
             [{"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
-             {"key": ".status.podIP", "operator": "DoesNotExist"}],
+             {"key": ".status.podIP", "operator": "DoesNotExist"},
+             _not_simulated("complete", "image-pull-failure")],
             {"statusTemplate": _POD_READY},
         ),
         _stage(
+            "pod-complete", "Pod",
+            [{"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+             {"key": ".status.podIP", "operator": "DoesNotExist"},
+             _simulated("complete")],
+            {"statusTemplate": _POD_COMPLETE},
+            delay={"durationMilliseconds": 1000},
+        ),
+        _stage(
+            "pod-image-pull-failure", "Pod",
+            [{"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+             {"key": ".status.podIP", "operator": "DoesNotExist"},
+             _simulated("image-pull-failure")],
+            {"statusTemplate": _POD_IMAGE_PULL_FAILURE},
+        ),
+        _stage(
             "pod-delete", "Pod",
-            [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}],
+            [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}, _not_simulated("graceful")],
             {"finalizers": {"empty": True}, "delete": True},
+        ),
+        _stage(
+            "pod-delete-graceful", "Pod",
+            [{"key": ".metadata.deletionTimestamp", "operator": "Exists"}, _simulated("graceful")],
+            {"finalizers": {"empty": True}, "delete": True},
+            delay={"durationMilliseconds": 0, "durationFrom": {"expressionFrom": ".metadata.deletionTimestamp"}},
         ),
     ]
 
@@ -199,6 +312,9 @@ class NodeSpec:
                     "kubernetes.io/hostname": self.name,
                     "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": self.arch,
+                    # A kubelet still sets the deprecated beta twins; old manifests select on them.
+                    "beta.kubernetes.io/os": "linux",
+                    "beta.kubernetes.io/arch": self.arch,
                     "type": "kwok",
                     **self.labels,
                 },

@@ -70,9 +70,24 @@ UPPER_UID_ANNOTATION: Final = PREFIX + "upper-uid"
 UPPER_RESOURCE_VERSION_ANNOTATION: Final = PREFIX + "upper-resource-version"
 #: On lower namespaces tensile created.
 NAMESPACE_CREATED_LABEL: Final = PREFIX + "created-namespace"
+#: On upper pods, beside ``clusterSelector``: the webhook's HMAC of it, so a later admission can
+#: tell the webhook's annotation from one the pod's author wrote.
+CLUSTER_SELECTOR_SIGNATURE_ANNOTATION: Final = PREFIX + "cluster-selector-signature"
 
 #: managed-by value on EndpointSlices tensile copies (``--flat-network``), so the
 #: lower EndpointSlice controller leaves them alone.
 ENDPOINTSLICE_MANAGER: Final = "tensile.io"
 #: Component name in Events.
 EVENT_COMPONENT: Final = "tensile-virtual-node"
+#: On lower pods: which label and annotation keys tensile wrote (JSON), so an update removes only
+#: those and never what the lower cluster added (Istio, Calico, Multus annotations).
+MANAGED_METADATA_ANNOTATION: Final = PREFIX + "managed-metadata"
+#: Condition on upper pods without a flat pod network; its message is the lower pod IP, kept out of
+#: ``status.podIP`` because upper clients cannot reach it. A condition, not an annotation: it rides
+#: the status patch (no extra write) and needs no right to change pods, only their status.
+LOWER_POD_CONDITION: Final = PREFIX + "LowerPodIP"
+#: Deprecated twins of the os/arch labels; kubelets still set them and old manifests select on them.
+BETA_OS_LABEL: Final = "beta.kubernetes.io/os"
+BETA_ARCH_LABEL: Final = "beta.kubernetes.io/arch"
+#: On mirror PersistentVolumes upstairs: the name of the lower volume they stand for.
+LOWER_VOLUME_ANNOTATION: Final = PREFIX + "lower-volume"

@@ -3,7 +3,8 @@
 - ``lower_pod``: the copy of an upper pod that runs in the lower cluster.
 - ``pod_update_patch``: what Kubernetes lets change on a running pod,
   brought from the upper pod to its lower copy.
-- ``upper_status``: the lower pod's status as the upper pod should show it.
+- ``ephemeral_containers_patch``: ``kubectl debug`` containers for the copy.
+- (the upper pod's status is ``pod_status``'s.)
 - ``lower_object``: ConfigMap/Secret/PVC/ServiceAccount/Service copies.
 
 Every lower object records which upper cluster and which virtual node own
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from typing import Any
 
 from tensile import cluster_selector
@@ -25,9 +27,20 @@ JSON = dict[str, Any]
 
 #: PriorityClasses that exist in every cluster; other names may not exist downstairs.
 BUILTIN_PRIORITY_CLASSES = frozenset({"system-cluster-critical", "system-node-critical"})
-#: Pod spec fields the apiserver or the lower admission chain fills in again.
+#: Pod spec fields the apiserver or the lower admission chain fills in again. ``overhead`` comes
+#: from the upper RuntimeClass; the lower RuntimeClass admission sets its own, and rejects a pod
+#: whose overhead does not match its RuntimeClass.
 _DROPPED_SPEC_FIELDS = ("nodeName", "priority", "preemptionPolicy", "ephemeralContainers", "readinessGates",
-                        "schedulerName", "serviceAccount", "schedulingGates", "resourceClaims")
+                        "schedulerName", "serviceAccount", "schedulingGates", "resourceClaims", "overhead")
+#: Node labels every virtual node sets on itself that no real lower node carries. Selectors on
+#: them (the ACI walkthrough's ``kubernetes.io/role: agent``) chose the virtual node upstairs and
+#: must not reach the lower copy, or it stays Pending forever.
+VIRTUAL_NODE_KEYS = frozenset({c.VIRTUAL_NODE_TYPE_LABEL, c.ROLE_LABEL, c.HOSTNAME_LABEL, c.CLUSTER_ID_LABEL})
+
+
+def virtual_node_keys(node_labels: dict[str, str]) -> frozenset[str]:
+    """The keys only this virtual node satisfies: the fixed ones and every ``--node-label``."""
+    return VIRTUAL_NODE_KEYS | frozenset(node_labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +91,69 @@ def _clean_meta(meta: JSON, owner: Owner, extra_annotations: dict[str, str] | No
     return out
 
 
-def lower_pod(upper: JSON, owner: Owner) -> JSON:
-    """The lower copy of ``upper``. Raises ``ValueError`` on a malformed clusterSelector."""
+def _strip_mounts(containers: list[JSON], dropped: set[str]) -> None:
+    for container in containers:
+        mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") not in dropped]
+        if mounts:
+            container["volumeMounts"] = mounts
+        else:
+            container.pop("volumeMounts", None)
+
+
+def _token_volumes(spec: JSON) -> set[str]:
+    return {v["name"] for v in spec.get("volumes") or [] if _is_token_volume(v)}
+
+
+def managed_keys(lower: JSON) -> dict[str, list[str]]:
+    """The label and annotation keys tensile wrote on ``lower`` (empty for copies made before it recorded them)."""
+    raw = ((lower.get("metadata") or {}).get("annotations") or {}).get(c.MANAGED_METADATA_ANNOTATION)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: [str(x) for x in v] for k, v in value.items() if k in ("labels", "annotations") and isinstance(v, list)}
+
+
+def _record_managed_keys(meta: JSON) -> None:
+    annotations = meta.setdefault("annotations", {})
+    annotations.pop(c.MANAGED_METADATA_ANNOTATION, None)
+    record = {"labels": sorted(meta.get("labels") or {}), "annotations": sorted(annotations)}
+    annotations[c.MANAGED_METADATA_ANNOTATION] = json.dumps(record, separators=(",", ":"))
+
+
+def unsupported_reason(upper: JSON) -> str | None:
+    """Why ``upper`` cannot run in another cluster at all; None when it can be copied.
+
+    Dynamic resource allocation: the ResourceClaims and their allocations live in the upper
+    cluster, so a lower copy would be rejected (its containers name claims it does not have) or,
+    with the claims stripped, run without the devices it asked for.
+    """
+    spec = upper.get("spec") or {}
+    claims = [cl.get("name") for cl in spec.get("resourceClaims") or []]
+    for field in ("initContainers", "containers"):
+        for container in spec.get(field) or []:
+            claims += [cl.get("name") for cl in (container.get("resources") or {}).get("claims") or []]
+    if claims:
+        names = ", ".join(sorted({str(n) for n in claims if n}))
+        return (f"the pod uses dynamic resource allocation (resource claims {names}); claims are allocated in "
+                "the upper cluster and cannot be honoured in a lower cluster")
+    return None
+
+
+def lower_pod(upper: JSON, owner: Owner, upper_only_keys: frozenset[str] = VIRTUAL_NODE_KEYS) -> JSON:
+    """The lower copy of ``upper``. Raises ``ValueError`` on a malformed clusterSelector.
+
+    ``upper_only_keys`` are the node-label keys only the virtual node satisfies
+    (:func:`virtual_node_keys`); selectors on them are left out of the copy.
+
+    The ``clusterSelector`` annotation is honoured only on pods that opted in with
+    ``virtual-pod=true``: those are the pods the webhook admitted (and signed). Any other pod
+    carrying it wrote it itself, and upper admission never saw those constraints.
+    """
     meta = upper.get("metadata") or {}
     spec = copy.deepcopy(upper.get("spec") or {})
     out_meta = _clean_meta(meta, owner, {c.UPPER_UID_ANNOTATION: str(meta.get("uid", ""))})
@@ -92,25 +166,26 @@ def lower_pod(upper: JSON, owner: Owner) -> JSON:
 
     # The upper token would not authenticate against the lower apiserver; the
     # lower ServiceAccount admission mounts the lower cluster's own token.
-    dropped = {v["name"] for v in spec.get("volumes") or [] if _is_token_volume(v)}
+    dropped = _token_volumes(spec)
     if dropped:
         spec["volumes"] = [v for v in spec["volumes"] if v.get("name") not in dropped]
         for field in ("initContainers", "containers"):
-            for container in spec.get(field) or []:
-                mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") not in dropped]
-                if mounts:
-                    container["volumeMounts"] = mounts
-                else:
-                    container.pop("volumeMounts", None)
+            _strip_mounts(spec.get(field) or [], dropped)
 
-    annotation = (meta.get("annotations") or {}).get(c.CLUSTER_SELECTOR_ANNOTATION)
-    spec = cluster_selector.restore_constraints(spec, annotation)
+    opted_in = (meta.get("labels") or {}).get(c.VIRTUAL_POD_LABEL) == c.VIRTUAL_POD_VALUE
+    annotations = meta.get("annotations") or {}
+    annotation = annotations.get(c.CLUSTER_SELECTOR_ANNOTATION) if opted_in else None
+    spec = cluster_selector.restore_constraints(spec, annotation, upper_only_keys=upper_only_keys)
+    if not opted_in and c.CLUSTER_SELECTOR_ANNOTATION in out_meta.get("annotations", {}):
+        del out_meta["annotations"][c.CLUSTER_SELECTOR_ANNOTATION]
+    _record_managed_keys(out_meta)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": out_meta, "spec": spec}
 
 
-def _map_diff(current: dict[str, str], desired: dict[str, str]) -> dict[str, str | None]:
+def _map_diff(current: dict[str, str], desired: dict[str, str], managed: list[str]) -> dict[str, str | None]:
+    """Set what ``desired`` says; remove only keys tensile wrote before (``managed``) and no longer wants."""
     patch: dict[str, str | None] = {k: v for k, v in desired.items() if current.get(k) != v}
-    patch.update({k: None for k in current if k not in desired})
+    patch.update({k: None for k in managed if k in current and k not in desired})
     return patch
 
 
@@ -124,12 +199,15 @@ def pod_update_patch(desired: JSON, lower: JSON) -> JSON | None:
     ``desired`` is ``lower_pod(upper)``. Kubernetes lets a running pod change
     its images, labels, annotations, activeDeadlineSeconds, and add
     tolerations; nothing else is attempted (the apiserver would refuse it).
+    Labels and annotations the lower cluster added are never removed: only
+    keys recorded as tensile's are.
     """
     patch: JSON = {}
     dmeta, lmeta = desired.get("metadata") or {}, lower.get("metadata") or {}
+    managed = managed_keys(lower)
     meta_patch: JSON = {}
     for field in ("labels", "annotations"):
-        diff = _map_diff(lmeta.get(field) or {}, dmeta.get(field) or {})
+        diff = _map_diff(lmeta.get(field) or {}, dmeta.get(field) or {}, managed.get(field, []))
         if diff:
             meta_patch[field] = diff
     if meta_patch:
@@ -159,57 +237,21 @@ def pod_update_patch(desired: JSON, lower: JSON) -> JSON | None:
     return patch or None
 
 
-#: Status fields that belong to the upper pod and are kept as they are.
-_UPPER_OWNED_STATUS = ("qosClass", "nominatedNodeName", "resize", "resourceClaimStatuses")
+def ephemeral_containers_patch(upper: JSON, lower: JSON) -> JSON | None:
+    """The ``ephemeralcontainers`` subresource patch adding what ``kubectl debug`` added upstairs.
 
-
-def upper_status(lower: JSON, upper: JSON, node_ip: str) -> JSON:
-    """The status the upper pod should have, given its lower copy."""
-    lstatus = copy.deepcopy(lower.get("status") or {})
-    ustatus = upper.get("status") or {}
-    status: JSON = {k: v for k, v in lstatus.items() if k not in _UPPER_OWNED_STATUS and k not in ("hostIP", "hostIPs")}
-    for k in _UPPER_OWNED_STATUS:
-        if k in ustatus:
-            status[k] = ustatus[k]
-    if "phase" in status or "podIP" in status:
-        status["hostIP"] = node_ip
-        status["hostIPs"] = [{"ip": node_ip}]
-    # Conditions set upstairs (readiness gates, DisruptionTarget) that the lower pod
-    # cannot know about are kept; the rest mirror the lower pod.
-    lower_types = {cond.get("type") for cond in status.get("conditions") or []}
-    kept = [cond for cond in ustatus.get("conditions") or [] if cond.get("type") not in lower_types and cond.get(
-        "type") not in ("PodScheduled", "Initialized", "Ready", "ContainersReady", "PodReadyToStartContainers")]
-    if kept:
-        status["conditions"] = list(status.get("conditions") or []) + kept
-    return status
-
-
-def status_patch(current: JSON, desired: JSON) -> JSON | None:
-    """A merge patch for ``/status`` turning ``current`` into ``desired``; None if equal."""
-    if current == desired:
+    Ephemeral containers can only be added (never changed or removed), so the
+    patch lists the lower ones plus the new upper ones. Mounts of the upper
+    token volume, which the copy does not have, are left out.
+    """
+    have = {e.get("name") for e in (lower.get("spec") or {}).get("ephemeralContainers") or []}
+    upper_spec = upper.get("spec") or {}
+    new = [copy.deepcopy(e) for e in upper_spec.get("ephemeralContainers") or [] if e.get("name") not in have]
+    if not new:
         return None
-    patch: JSON = {k: v for k, v in desired.items() if current.get(k) != v}
-    patch.update({k: None for k in current if k not in desired})
-    return {"status": patch} if patch else None
-
-
-def failed_status(upper: JSON, reason: str, message: str) -> JSON:
-    """The upper pod's status once its lower copy vanished out of band."""
-    status = copy.deepcopy(upper.get("status") or {})
-    status.update({"phase": "Failed", "reason": reason, "message": message})
-    for cs in status.get("containerStatuses") or []:
-        cs["ready"] = False
-        if "running" in (cs.get("state") or {}):
-            cs["state"] = {"terminated": {"exitCode": 137, "reason": reason,
-                                          "startedAt": cs["state"]["running"].get("startedAt")}}
-    conds = []
-    for cond in status.get("conditions") or []:
-        if cond.get("type") in ("Ready", "ContainersReady"):
-            cond = {**cond, "status": "False", "reason": reason}
-        conds.append(cond)
-    if conds:
-        status["conditions"] = conds
-    return status
+    _strip_mounts(new, _token_volumes(upper_spec))
+    current = list((lower.get("spec") or {}).get("ephemeralContainers") or [])
+    return {"spec": {"ephemeralContainers": current + new}}
 
 
 # --- dependencies -------------------------------------------------------------------
@@ -239,8 +281,7 @@ def lower_object(resource: str, upper: JSON, owner: Owner) -> JSON:
     elif resource == "services":
         spec = upper.get("spec") or {}
         ports = [{k: v for k, v in p.items() if k != "nodePort"} for p in spec.get("ports") or []]
-        new_spec: JSON = {k: spec[k] for k in ("selector", "type", "sessionAffinity", "publishNotReadyAddresses",
-                                                "ipFamilyPolicy", "ipFamilies", "internalTrafficPolicy") if k in spec}
+        new_spec: JSON = {k: spec[k] for k in _SERVICE_SPEC_FIELDS if k in spec}
         if new_spec.get("type") in ("LoadBalancer", "NodePort"):
             new_spec["type"] = "ClusterIP"  # the lower cluster serves in-cluster traffic only
         if spec.get("clusterIP") == "None":
@@ -250,6 +291,11 @@ def lower_object(resource: str, upper: JSON, owner: Owner) -> JSON:
     else:
         raise ValueError(f"unsupported dependency resource {resource!r}")
     return body
+
+
+#: Service spec fields that mean the same in any cluster; IPs and node ports are the lower cluster's own.
+_SERVICE_SPEC_FIELDS = ("selector", "type", "sessionAffinity", "sessionAffinityConfig", "publishNotReadyAddresses",
+                        "ipFamilyPolicy", "ipFamilies", "internalTrafficPolicy", "trafficDistribution")
 
 
 def lower_service(upper: JSON, owner: Owner, flat_network: bool) -> JSON:
@@ -278,13 +324,63 @@ def lower_object_meta_only(upper: JSON, owner: Owner) -> JSON:
     return {"metadata": _clean_meta(meta, owner, {
         c.GLOBAL_ANNOTATION: c.GLOBAL_VALUE,
         c.UPPER_RESOURCE_VERSION_ANNOTATION: str(meta.get("resourceVersion", "")),
+        c.UPPER_UID_ANNOTATION: str(meta.get("uid", "")),
     })}
+
+
+#: CSI driver name on mirror volumes. Nothing serves it: the upper cluster never mounts them.
+MIRROR_VOLUME_DRIVER = "tensile.io"
+
+
+def mirror_volume_name(upper_claim_uid: str) -> str:
+    """``pvc-<uid>``, the name dynamic provisioners give a claim's volume."""
+    return f"pvc-{upper_claim_uid}"
+
+
+def mirror_volume(upper_claim: JSON, lower_claim: JSON, owner: Owner) -> JSON:
+    """An upper PV standing for the lower claim's volume, pre-bound to the upper claim."""
+    meta = upper_claim.get("metadata") or {}
+    uspec = upper_claim.get("spec") or {}
+    lstatus = lower_claim.get("status") or {}
+    lower_volume = (lower_claim.get("spec") or {}).get("volumeName", "")
+    spec: JSON = {
+        "capacity": lstatus.get("capacity") or (uspec.get("resources") or {}).get("requests") or {},
+        "accessModes": lstatus.get("accessModes") or uspec.get("accessModes") or ["ReadWriteOnce"],
+        "persistentVolumeReclaimPolicy": "Retain",
+        "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta.get("namespace"),
+                     "name": meta.get("name"), "uid": meta.get("uid")},
+        "csi": {"driver": MIRROR_VOLUME_DRIVER,
+                "volumeHandle": f"{owner.node_name}/{meta.get('namespace')}/{lower_volume}"},
+        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": c.HOSTNAME_LABEL, "operator": "In", "values": [owner.node_name]}]}]}},
+    }
+    for field in ("storageClassName", "volumeMode"):
+        if uspec.get(field) is not None:
+            spec[field] = uspec[field]
+    return {"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": mirror_volume_name(str(meta.get("uid", ""))), "labels": owner.labels,
+                         "annotations": {c.LOWER_VOLUME_ANNOTATION: lower_volume}},
+            "spec": spec}
+
+
+def _storage_request(pvc: JSON) -> Any:
+    return (((pvc.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
+
+
+def pvc_resize_patch(desired: JSON, lower: JSON) -> JSON | None:
+    """The patch growing a lower PVC copy to the upper request: the one PVC spec change Kubernetes allows."""
+    want = _storage_request(desired)
+    if want is None or want == _storage_request(lower):
+        return None
+    return {"spec": {"resources": {"requests": {"storage": want}}}}
 
 
 def needs_update(resource: str, desired: JSON, lower: JSON) -> bool:
     """Whether the lower copy lags the upper object (by recorded upper resourceVersion)."""
-    if resource in ("persistentvolumeclaims", "serviceaccounts"):
-        return False  # PVC specs are immutable; SAs carry nothing we copy
+    if resource == "serviceaccounts":
+        return False  # SAs carry nothing we copy
+    if resource == "persistentvolumeclaims":
+        return pvc_resize_patch(desired, lower) is not None  # all but the request is immutable
     want = desired["metadata"]["annotations"].get(c.UPPER_RESOURCE_VERSION_ANNOTATION)
     have = ((lower.get("metadata") or {}).get("annotations") or {}).get(c.UPPER_RESOURCE_VERSION_ANNOTATION)
     return bool(want != have)

@@ -43,6 +43,11 @@ def upper_pod(**spec: Any) -> dict[str, Any]:
     }
 
 
+def opted_in(pod: dict[str, Any]) -> dict[str, Any]:
+    pod["metadata"]["labels"][c.VIRTUAL_POD_LABEL] = c.VIRTUAL_POD_VALUE
+    return pod
+
+
 def test_lower_pod_clears_identity_node_and_status_and_records_ownership() -> None:
     low = translate.lower_pod(upper_pod(), OWNER)
     meta = low["metadata"]
@@ -67,7 +72,8 @@ def test_lower_pod_restores_original_constraints_from_cluster_selector() -> None
             {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}],
     }
-    up = upper_pod(affinity={"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}})
+    up = opted_in(upper_pod(affinity={"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}))
+    up["spec"]["tolerations"] += original["tolerations"]  # the webhook keeps the author's tolerations upstairs
     up["metadata"]["annotations"][c.CLUSTER_SELECTOR_ANNOTATION] = cluster_selector.encode(original)
     low = translate.lower_pod(up, OWNER)["spec"]
     assert low["nodeSelector"] == {"disktype": "ssd"}  # clusterID pins the virtual node, not a lower node
@@ -83,7 +89,7 @@ def test_lower_pod_without_annotation_sheds_virtual_node_constraints() -> None:
 
 
 def test_malformed_cluster_selector_is_a_clear_error() -> None:
-    up = upper_pod()
+    up = opted_in(upper_pod())
     up["metadata"]["annotations"][c.CLUSTER_SELECTOR_ANNOTATION] = "{not json"
     with pytest.raises(ValueError, match=c.CLUSTER_SELECTOR_ANNOTATION):
         translate.lower_pod(up, OWNER)
@@ -119,41 +125,9 @@ def test_update_patch_removes_deleted_labels_with_null() -> None:
     lower = translate.lower_pod(up, OWNER)
     del up["metadata"]["labels"]["app"]
     patch = translate.pod_update_patch(translate.lower_pod(up, OWNER), lower)
-    assert patch == {"metadata": {"labels": {"app": None}}}
-
-
-def test_upper_status_mirrors_lower_with_the_virtual_node_as_host() -> None:
-    lower = {"status": {"phase": "Running", "podIP": "10.9.0.5", "podIPs": [{"ip": "10.9.0.5"}],
-                        "hostIP": "192.168.1.10", "startTime": "t",
-                        "conditions": [{"type": "Ready", "status": "True"}],
-                        "containerStatuses": [{"name": "app", "restartCount": 2, "ready": True}],
-                        "qosClass": "BestEffort"}}
-    up = upper_pod()
-    up["status"] = {"phase": "Pending", "qosClass": "Burstable",
-                    "conditions": [{"type": "PodScheduled", "status": "True"},
-                                   {"type": "example.com/gate", "status": "True"}]}
-    st = translate.upper_status(lower, up, "172.16.0.1")
-    assert st["phase"] == "Running" and st["podIP"] == "10.9.0.5"
-    assert st["hostIP"] == "172.16.0.1" and st["hostIPs"] == [{"ip": "172.16.0.1"}]
-    assert st["qosClass"] == "Burstable"
-    assert st["containerStatuses"][0]["restartCount"] == 2
-    assert {x["type"] for x in st["conditions"]} == {"Ready", "example.com/gate"}
-
-
-def test_status_patch_is_none_when_equal_and_nulls_removed_fields() -> None:
-    assert translate.status_patch({"phase": "Running"}, {"phase": "Running"}) is None
-    assert translate.status_patch({"phase": "Pending", "message": "m"}, {"phase": "Running"}) == {
-        "status": {"phase": "Running", "message": None}}
-
-
-def test_failed_status_marks_containers_terminated() -> None:
-    up = upper_pod()
-    up["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
-                    "containerStatuses": [{"name": "app", "ready": True, "state": {"running": {"startedAt": "t"}}}]}
-    st = translate.failed_status(up, "LowerPodDeleted", "gone")
-    assert st["phase"] == "Failed" and st["reason"] == "LowerPodDeleted"
-    assert st["containerStatuses"][0]["state"]["terminated"]["reason"] == "LowerPodDeleted"
-    assert st["conditions"][0]["status"] == "False"
+    assert patch is not None and patch["metadata"]["labels"] == {"app": None}
+    record = json.loads(patch["metadata"]["annotations"][c.MANAGED_METADATA_ANNOTATION])
+    assert "app" not in record["labels"] and set(patch) == {"metadata"}
 
 
 def test_lower_configmap_and_secret_copy_data_and_mark_global() -> None:
@@ -233,3 +207,145 @@ def test_endpointslice_copy_keeps_addresses_and_drops_upper_references() -> None
     assert low["endpoints"] == [{"addresses": ["10.1.0.5"], "conditions": {"ready": True}}]
     assert low["ports"] == [{"port": 8080, "protocol": "TCP"}] and OWNER.owns(low)
     assert translate.needs_update("endpointslices", low, low) is False
+
+
+# --- placement: what only the virtual node satisfies -------------------------------------------
+
+ACI_SELECTOR = {c.ROLE_LABEL: c.ROLE_VALUE, c.BETA_OS_LABEL: "linux", c.VIRTUAL_NODE_TYPE_LABEL:
+                c.VIRTUAL_NODE_TYPE_VALUE}
+
+
+def test_walkthrough_selector_keeps_only_what_real_nodes_carry() -> None:
+    # The ACI virtual-node walkthrough: no virtual-pod label, selects the virtual node by its own labels.
+    low = translate.lower_pod(upper_pod(nodeSelector=dict(ACI_SELECTOR)), OWNER)["spec"]
+    assert low["nodeSelector"] == {c.BETA_OS_LABEL: "linux"}
+
+
+def test_node_label_keys_and_hostname_are_upper_only() -> None:
+    keys = translate.virtual_node_keys({"pool": "burst"})
+    aff = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": c.HOSTNAME_LABEL, "operator": "In", "values": ["vk-a"]},
+                              {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}]}]}}}
+    low = translate.lower_pod(upper_pod(nodeSelector={"pool": "burst", c.OS_LABEL: "linux"}, affinity=aff),
+                              OWNER, keys)["spec"]
+    assert low["nodeSelector"] == {c.OS_LABEL: "linux"}
+    terms = low["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In",
+                                            "values": ["a"]}]}]
+
+
+def test_hand_written_cluster_selector_on_a_pod_that_did_not_opt_in_is_ignored() -> None:
+    up = upper_pod(nodeSelector={"disktype": "ssd"})
+    up["metadata"]["annotations"][c.CLUSTER_SELECTOR_ANNOTATION] = cluster_selector.encode({
+        "nodeSelector": {"node-role.kubernetes.io/control-plane": ""},
+        "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]})
+    low = translate.lower_pod(up, OWNER)
+    assert low["spec"]["nodeSelector"] == {"disktype": "ssd"}
+    assert all(t.get("key") != "node-role.kubernetes.io/control-plane" for t in low["spec"]["tolerations"])
+    assert c.CLUSTER_SELECTOR_ANNOTATION not in low["metadata"]["annotations"]
+
+
+# --- pods the lower apiserver would reject ------------------------------------------------------
+
+def test_runtime_class_overhead_is_left_to_the_lower_runtime_class() -> None:
+    low = translate.lower_pod(upper_pod(runtimeClassName="kata", overhead={"cpu": "250m"}), OWNER)["spec"]
+    assert "overhead" not in low and low["runtimeClassName"] == "kata"
+
+
+def test_dynamic_resource_claims_are_unsupported_with_a_reason() -> None:
+    up = upper_pod(resourceClaims=[{"name": "gpu", "resourceClaimTemplateName": "gpu-tpl"}])
+    up["spec"]["containers"][0]["resources"] = {"claims": [{"name": "gpu"}]}
+    reason = translate.unsupported_reason(up)
+    assert reason is not None and "gpu" in reason
+    assert translate.unsupported_reason(upper_pod()) is None
+
+
+def test_custom_audience_token_volume_is_kept_for_the_lower_cluster_to_mint() -> None:
+    vol = {"name": "vault-token", "projected": {"sources": [
+        {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 3600, "path": "token"}}]}}
+    up = upper_pod(volumes=[*upper_pod()["spec"]["volumes"], vol])
+    assert "vault-token" in [v["name"] for v in translate.lower_pod(up, OWNER)["spec"]["volumes"]]
+
+
+def test_ephemeral_containers_are_added_without_the_upper_token_mount() -> None:
+    up = upper_pod()
+    lower = translate.lower_pod(up, OWNER)
+    assert translate.ephemeral_containers_patch(up, lower) is None
+    up["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox", "targetContainerName": "app",
+                                          "volumeMounts": [{"name": "kube-api-access-abcde", "mountPath": "/t"}]}]
+    patch = translate.ephemeral_containers_patch(up, lower)
+    assert patch == {"spec": {"ephemeralContainers": [{"name": "debugger", "image": "busybox",
+                                                       "targetContainerName": "app"}]}}
+    lower["spec"]["ephemeralContainers"] = patch["spec"]["ephemeralContainers"]
+    assert translate.ephemeral_containers_patch(up, lower) is None
+
+
+# --- lower-side metadata ----------------------------------------------------------------------------
+
+def test_update_keeps_labels_and_annotations_the_lower_cluster_added() -> None:
+    up = upper_pod()
+    lower = translate.lower_pod(up, OWNER)
+    lower["metadata"]["labels"]["security.istio.io/tlsMode"] = "istio"
+    lower["metadata"]["annotations"]["cni.projectcalico.org/podIP"] = "10.9.0.5/32"
+    assert translate.pod_update_patch(translate.lower_pod(up, OWNER), lower) is None
+    up["metadata"]["labels"]["tier"] = "front"
+    del up["metadata"]["annotations"]["note"]
+    patch = translate.pod_update_patch(translate.lower_pod(up, OWNER), lower)
+    assert patch is not None
+    assert patch["metadata"]["labels"] == {"tier": "front"}
+    assert patch["metadata"]["annotations"]["note"] is None
+    assert "cni.projectcalico.org/podIP" not in patch["metadata"]["annotations"]
+
+
+def test_copies_made_before_keys_were_recorded_lose_nothing() -> None:
+    up = upper_pod()
+    lower = translate.lower_pod(up, OWNER)
+    del lower["metadata"]["annotations"][c.MANAGED_METADATA_ANNOTATION]
+    lower["metadata"]["labels"]["added-downstairs"] = "x"
+    patch = translate.pod_update_patch(translate.lower_pod(up, OWNER), lower)
+    assert patch is not None and set(patch["metadata"]["annotations"]) == {c.MANAGED_METADATA_ANNOTATION}
+    assert "labels" not in patch["metadata"]
+
+
+def test_managed_keys_tolerates_a_broken_record() -> None:
+    assert translate.managed_keys({"metadata": {"annotations": {c.MANAGED_METADATA_ANNOTATION: "{nope"}}}) == {}
+    assert translate.managed_keys({"metadata": {"annotations": {c.MANAGED_METADATA_ANNOTATION: "[1]"}}}) == {}
+
+
+# --- services and PVCs --------------------------------------------------------------------------------
+
+def test_service_copy_keeps_session_affinity_config_and_traffic_distribution() -> None:
+    svc = {"metadata": {"name": "web", "namespace": "ns"}, "spec": {
+        "selector": {"app": "web"}, "ports": [{"port": 80}], "sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}, "trafficDistribution": "PreferClose"}}
+    spec = translate.lower_service(svc, OWNER, flat_network=False)["spec"]
+    assert spec["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 600}}
+    assert spec["trafficDistribution"] == "PreferClose"
+
+
+def test_pvc_resize_is_the_only_pvc_update() -> None:
+    def pvc(size: str) -> dict[str, Any]:
+        return translate.lower_object("persistentvolumeclaims", {
+            "metadata": {"name": "d", "namespace": "ns", "resourceVersion": size},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}}, OWNER)
+
+    assert not translate.needs_update("persistentvolumeclaims", pvc("1Gi"), pvc("1Gi"))
+    assert translate.needs_update("persistentvolumeclaims", pvc("2Gi"), pvc("1Gi"))
+    assert translate.pvc_resize_patch(pvc("2Gi"), pvc("1Gi")) == {
+        "spec": {"resources": {"requests": {"storage": "2Gi"}}}}
+
+
+def test_mirror_volume_is_pre_bound_to_the_upper_claim_and_pinned_to_the_virtual_node() -> None:
+    upper_claim = {"metadata": {"name": "data", "namespace": "ns", "uid": "c-1"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "resources": {"requests": {"storage": "1Gi"}}}}
+    lower_claim = {"spec": {"volumeName": "pv-low"}, "status": {"phase": "Bound", "capacity": {"storage": "5Gi"},
+                                                              "accessModes": ["ReadWriteOnce"]}}
+    pv = translate.mirror_volume(upper_claim, lower_claim, OWNER)
+    assert pv["metadata"]["name"] == "pvc-c-1" == translate.mirror_volume_name("c-1")
+    assert pv["spec"]["claimRef"] == {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": "ns",
+                                      "name": "data", "uid": "c-1"}
+    assert pv["spec"]["capacity"] == {"storage": "5Gi"} and pv["spec"]["storageClassName"] == "fast"
+    assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+    term = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+    assert term == {"key": c.HOSTNAME_LABEL, "operator": "In", "values": ["vk-a"]}
+    assert pv["metadata"]["annotations"][c.LOWER_VOLUME_ANNOTATION] == "pv-low" and OWNER.owns(pv)

@@ -30,7 +30,7 @@ def test_flat_network_copies_service_without_selector_plus_upper_endpoints(
     upper.core.create_namespaced_pod(ns, pod_manifest("api-virtual", labels={"app": "api"}))
     upper.core.create_namespaced_pod(ns, pod_manifest("api-upper", labels={"app": "api"}, virtual=False,
                                                       nodeName="upper-0"))
-    ip_virtual = wait_pod_running(upper, ns, "api-virtual").status.pod_ip
+    ip_virtual = wait_pod_running(upper, ns, "api-virtual").status.pod_ip  # a flat network shows it
     ip_upper = wait_pod_running(upper, ns, "api-upper").status.pod_ip
     disc = k8s.DiscoveryV1Api(lower.api())
 

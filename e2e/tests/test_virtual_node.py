@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
@@ -16,6 +17,7 @@ from e2e.kube_helpers import (
     deployment_manifest,
     events_for,
     get_or_none,
+    lower_ip_of,
     pod_manifest,
     unique,
     wait_event,
@@ -133,7 +135,10 @@ def test_pod_with_all_dependency_kinds_runs_in_lower_cluster(federation: Fed, ns
     low_pod = wait_pod_running(lower, ns, "web-0", timeout=90)
     up_pod = wait_pod_running(upper, ns, "web-0", timeout=30)
     assert up_pod.spec.node_name == VK
-    assert up_pod.status.pod_ip == low_pod.status.pod_ip
+    # Without a flat network the lower IP is unreachable upstairs: kept out of status.podIP, so no
+    # upper Service sends traffic to it, and recorded in an annotation for people.
+    assert up_pod.status.pod_ip is None
+    assert lower_ip_of(up_pod) == low_pod.status.pod_ip
     assert up_pod.status.host_ip == "127.0.0.1"
     assert low_pod.spec.node_name in ("lower-a", "lower-b")
     assert low_pod.metadata.labels[c.VIRTUAL_POD_LABEL] == c.VIRTUAL_POD_VALUE
@@ -171,10 +176,14 @@ def test_pod_with_all_dependency_kinds_runs_in_lower_cluster(federation: Fed, ns
     for fn, name in ((lower.core.read_namespaced_config_map, "app-config"),
                      (lower.core.read_namespaced_config_map, "proj-config"),
                      (lower.core.read_namespaced_secret, "app-secret"),
-                     (lower.core.read_namespaced_persistent_volume_claim, "data"),
                      (lower.core.read_namespaced_service_account, "robot"),
                      (lower.core.read_namespaced_service, "web")):
         wait_gone(fn, name, ns, timeout=60, what=f"unreferenced lower copy {name} deleted")
+    # The claim copy holds data: it lives as long as the upper claim, not as long as its pods.
+    assert lower.core.read_namespaced_persistent_volume_claim("data", ns).status.phase == "Bound"
+    core.delete_namespaced_persistent_volume_claim("data", ns)
+    wait_gone(lower.core.read_namespaced_persistent_volume_claim, "data", ns, timeout=60,
+              what="claim copy deleted with the upper claim")
 
 
 def test_pod_updates_reach_the_lower_copy(federation: Fed, ns: str) -> None:
@@ -200,8 +209,21 @@ def test_missing_dependency_holds_pod_until_it_appears(federation: Fed, ns: str)
         "needs-cm", volumes=[{"name": "v", "configMap": {"name": "late"}},
                              {"name": "o", "configMap": {"name": "never", "optional": True}}],
         containers=[{"name": "app", "image": "nginx", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]))
-    event = wait_event(upper, ns, "needs-cm", "DependencyMissing")
-    assert "late" in event.message and event.type == "Warning"
+    # As virtual-kubelet names it, and once, not every retry.
+    event = wait_event(upper, ns, "needs-cm", "MandatoryConfigMapNotFound")
+    assert event.message == 'configmap "late" not found' and event.type == "Warning"
+    # As a kubelet shows it: the container waits with CreateContainerConfigError.
+    def waiting() -> Any:
+        st = upper.core.read_namespaced_pod("needs-cm", ns).status
+        cs = st.container_statuses or []
+        return cs and cs[0].state.waiting and cs[0].state.waiting.reason == "CreateContainerConfigError" and cs[0]
+    status = wait_for(waiting, 30, what="container waiting with CreateContainerConfigError")
+    assert status.state.waiting.message == 'configmap "late" not found'
+    optional = wait_event(upper, ns, "needs-cm", "OptionalConfigMapNotFound")
+    assert "never" in optional.message
+    time.sleep(12)  # more than two rechecks of the held pod
+    held = [e for e in events_for(upper, ns, "needs-cm") if e.reason == "MandatoryConfigMapNotFound"]
+    assert len(held) == 1 and (held[0].count or 1) == 1
     assert get_or_none(lower.core.read_namespaced_pod, "needs-cm", ns) is None
     upper.core.create_namespaced_config_map(ns, {"metadata": {"name": "late"}, "data": {"a": "b"}})
     wait_pod_running(lower, ns, "needs-cm", timeout=60)
@@ -246,6 +268,11 @@ def test_name_collisions_with_unowned_lower_objects_are_refused_and_reported(fed
     assert "not managed" in event.message
     assert lower.core.read_namespaced_config_map("clash", ns).data == {"owner": "someone"}
     assert get_or_none(lower.core.read_namespaced_pod, "uses-clash", ns) is None
+    foreign = lower.core.read_namespaced_pod("taken", ns)
+    assert foreign.metadata.labels == {"who": "else"} and foreign.metadata.deletion_timestamp is None
+    # The upper pod whose name is held downstairs can still be deleted, and the foreign pod stays.
+    upper.core.delete_namespaced_pod("taken", ns)
+    wait_gone(upper.core.read_namespaced_pod, "taken", ns, timeout=30, what="held upper pod deleted")
     foreign = lower.core.read_namespaced_pod("taken", ns)
     assert foreign.metadata.labels == {"who": "else"} and foreign.metadata.deletion_timestamp is None
 

@@ -52,6 +52,9 @@ def register(subparsers: Any) -> None:
                    help="pod IPs route between clusters: copy Services without selector plus the upper "
                         "EndpointSlices (Tensile Kube's mode) instead of letting the lower cluster select pods")
     p.add_argument("--pod-workers", type=int, default=8)
+    p.add_argument("--dependency-gc-delay", type=float, default=10.0, metavar="SECONDS",
+                   help="how long a lower ConfigMap/Secret/PVC/ServiceAccount copy stays after its last pod is gone, "
+                        "so a Recreate rollout does not lose it between old and new pods (default 10)")
     p.add_argument("-v", "--log-level", default="info", help="debug, info, warning, or a number like kubectl -v")
     p.set_defaults(func=run)
 
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         lower_unreachable_grace=args.lower_unreachable_grace,
         pod_workers=args.pod_workers,
+        dependency_gc_delay=args.dependency_gc_delay,
         flat_network=args.flat_network,
     )
     for f in (args.kubeconfig, args.client_kubeconfig):

@@ -11,9 +11,9 @@ import dataclasses
 import logging
 import socket
 
-from tensile import capacity
+from tensile import capacity, translate
 from tensile import conventions as c
-from tensile.kube.client import Kube, path
+from tensile.kube.client import JSON, Kube, path
 from tensile.kube.events import EventRecorder
 from tensile.kube.informer import Informer
 from tensile.translate import Owner
@@ -42,6 +42,8 @@ class Config:
     ping_interval: float = 10.0
     pod_workers: int = 8
     dependency_workers: int = 4
+    #: How long a copy must stay unreferenced before it is deleted.
+    dependency_gc_delay: float = 10.0
     flat_network: bool = False
     resync: float = 300.0
 
@@ -71,6 +73,7 @@ class Context:
     lower_pods_all: Informer
     lower_pods: Informer
     lower_deps: dict[str, Informer]
+    lower_namespaces: Informer
 
     @classmethod
     def build(cls, config: Config, upper: Kube, lower: Kube, upper_cluster_id: str) -> Context:
@@ -107,10 +110,22 @@ class Context:
             ),
             lower_pods=Informer(lower, path("pods"), label_selector=sel, name="lower-pods"),
             lower_deps=lower_deps,
+            lower_namespaces=Informer(lower, path("namespaces"), transform=_namespace_meta, name="lower-namespaces"),
         )
 
     def informers(self) -> list[Informer]:
         return [
             self.upper_pods, self.upper_node, *self.upper_deps.values(),
-            self.lower_nodes, self.lower_pods_all, self.lower_pods, *self.lower_deps.values(),
+            self.lower_nodes, self.lower_pods_all, self.lower_pods, *self.lower_deps.values(), self.lower_namespaces,
         ]
+
+    @property
+    def upper_only_keys(self) -> frozenset[str]:
+        """Node-label keys only this virtual node carries (see ``translate.virtual_node_keys``)."""
+        return translate.virtual_node_keys(self.config.node_labels)
+
+
+def _namespace_meta(ns: JSON) -> JSON:
+    """Only what ``NamespaceEnsurer`` reads: name and deletion."""
+    meta = ns.get("metadata") or {}
+    return {"metadata": {k: meta[k] for k in ("name", "uid", "resourceVersion", "deletionTimestamp") if k in meta}}

@@ -66,6 +66,11 @@ class LowerCopies:
         self.conflicts.pop(key, None)
         if not translate.needs_update(resource, desired, lower):
             return "ok"
+        resize = translate.pvc_resize_patch(desired, lower) if resource == "persistentvolumeclaims" else None
+        if resize is not None:
+            await self.ctx.lower.patch(_path(resource, ns, name), resize)
+            self._log("resized lower copy", resource, ns, name)
+            return "ok"
         body = dict(desired)
         body["metadata"] = {**desired["metadata"], "resourceVersion": (lower.get("metadata") or {}).get(
             "resourceVersion")}

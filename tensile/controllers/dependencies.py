@@ -7,7 +7,16 @@ only at start-up. Here every dependency is a key in a work queue:
   of this virtual node that reference it;
 - an upper change to a referenced ConfigMap/Secret re-syncs the lower copy
   within seconds;
-- when no pod references a copy any more, it is deleted right away.
+- a PVC copy lives as long as the upper claim (deleting it could delete the
+  volume's data); once the copy is Bound the upper claim is bound to a mirror
+  PV (``_mirror_binding``);
+- when no pod references any other copy any more, it is deleted once it has stayed
+  unreferenced for ``dependency_gc_delay`` seconds. A Recreate rollout has a
+  moment with no pod at all (old pods gone, new ones not yet bound to this
+  node); without the delay the copy would be deleted and made again under the
+  new pods' feet. Sync and collection of one key are serialised by a per-key
+  lock and collection re-checks the index under it, so a pod being created
+  never loses a copy it was just promised.
 
 Writes go through ``LowerCopies``, which never overwrites or deletes a lower
 object tensile did not create and remembers the conflict, so the pod
@@ -16,14 +25,18 @@ controller can hold the pod and say why. Services live in services.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import defaultdict
 
+from tensile import conventions as c
 from tensile import dependencies as deps
 from tensile import translate
 from tensile.controllers.context import Context
 from tensile.controllers.copies import LowerCopies, SyncResult
-from tensile.kube.client import JSON
+from tensile.kube.client import JSON, path
+from tensile.kube.errors import ApiError
 from tensile.kube.informer import Handler, key_of
 from tensile.kube.workqueue import Workers, WorkQueue
 from tensile.logs import fields
@@ -48,12 +61,16 @@ class DependencyController:
         #: dependency key -> pod sources ("upper:ns/name" / "lower:ns/name") referencing it
         self.referrers: dict[str, set[str]] = defaultdict(set)
         self._refs_of: dict[str, set[str]] = {}
+        #: dependency key -> monotonic time it lost its last referrer
+        self._unreferenced_since: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         ctx.upper_pods.add_handler(lambda o, n: self._on_pod("upper", o, n))
         ctx.lower_pods.add_handler(lambda o, n: self._on_pod("lower", o, n))
         for resource in RESOURCES:
             for side in (ctx.upper_deps, ctx.lower_deps):
                 if resource in side:
                     side[resource].add_handler(self._object_handler(resource))
+        ctx.lower_namespaces.add_handler(self._on_namespace)
 
     # --- index ----------------------------------------------------------------------
 
@@ -66,18 +83,29 @@ class DependencyController:
         before = self._refs_of.get(source, set())
         if refs == before:
             return
+        now = time.monotonic()
         for k in before - refs:
             self.referrers[k].discard(source)
             if not self.referrers[k]:
                 del self.referrers[k]
+                self._unreferenced_since[k] = now
         for k in refs - before:
             self.referrers[k].add(source)
+            self._unreferenced_since.pop(k, None)
         if refs:
             self._refs_of[source] = refs
         else:
             self._refs_of.pop(source, None)
         for k in refs ^ before:
             self.queue.add(k)
+
+    def _on_namespace(self, old: JSON | None, new: JSON | None) -> None:
+        """A lower namespace deleted out of band: make its copies again as soon as it is gone."""
+        if new is None and old is not None:
+            ns = (old.get("metadata") or {}).get("name")
+            for key in list(self.referrers):
+                if split_key(key)[1] == ns:
+                    self.queue.add(key)
 
     def _object_handler(self, resource: str) -> Handler:
         return lambda old, new: self._on_object(resource, old, new)
@@ -87,7 +115,8 @@ class DependencyController:
         if obj is None:
             return
         key = f"{resource}/{key_of(obj)}"
-        if key in self.referrers or self.ctx.owner.owns(obj):
+        if key in self.referrers or self.ctx.owner.owns(obj) or (
+                resource == deps.PVC and self.ctx.lower_deps[deps.PVC].get(key_of(obj)) is not None):
             self.queue.add(key)
 
     def _on_error(self, key: str, exc: BaseException) -> None:
@@ -96,12 +125,35 @@ class DependencyController:
 
     # --- reconcile --------------------------------------------------------------------
 
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    def _claim_kept(self, resource: str, ns: str, name: str) -> bool:
+        """A claim copy lives as long as the upper claim: deleting it could delete the volume's data."""
+        return resource == deps.PVC and self.ctx.upper_deps[deps.PVC].get(f"{ns}/{name}") is not None and (
+            self.ctx.lower_deps[deps.PVC].get(f"{ns}/{name}") is not None)
+
     async def reconcile(self, key: str) -> float | None:
         resource, ns, name = split_key(key)
-        if key in self.referrers:
+        if key in self.referrers or self._claim_kept(resource, ns, name):
             await self.sync(deps.Ref(resource, ns, name))
-        else:
+            return None
+        since = self._unreferenced_since.setdefault(key, time.monotonic())
+        wait = since + self.ctx.config.dependency_gc_delay - time.monotonic()
+        if wait > 0:
+            return wait
+        async with self._lock(key):
+            if key in self.referrers:  # a pod took it up again while we waited
+                return None
+            if resource == deps.PVC:
+                await self._collect_mirror(ns, name)
             await self.copies.collect(resource, ns, name)
+        self._unreferenced_since.pop(key, None)
+        if not self._lock(key).locked():
+            self._locks.pop(key, None)
         return None
 
     def _upper_object(self, ref: deps.Ref) -> JSON | None:
@@ -114,7 +166,50 @@ class DependencyController:
         upper = self._upper_object(ref)
         if upper is None:
             return "missing"
-        return await self.copies.apply(ref.resource, translate.lower_object(ref.resource, upper, self.ctx.owner))
+        async with self._lock(ref.key):
+            result = await self.copies.apply(ref.resource, translate.lower_object(ref.resource, upper, self.ctx.owner))
+        if result == "ok" and ref.resource == deps.PVC:
+            await self._mirror_binding(ref, upper)
+        return result
+
+    async def _mirror_binding(self, ref: deps.Ref, upper: JSON) -> None:
+        """Once the lower copy is Bound, bind the upper claim too, to a PV that mirrors the lower one.
+
+        Tools wait for Bound claims (Helm ``--wait``, StatefulSet operators); the upper claim would
+        otherwise stay Pending for ever, since no upper provisioner serves it. The mirror is
+        pre-bound to the upper claim (``claimRef`` with its UID), so the upper PV controller binds
+        them; its node affinity keeps the claim's pods on this virtual node.
+        """
+        lower = self.ctx.lower_deps[deps.PVC].get(f"{ref.namespace}/{ref.name}")
+        if lower is None or (lower.get("status") or {}).get("phase") != "Bound":
+            return
+        if (upper.get("spec") or {}).get("volumeName") or (upper.get("status") or {}).get("phase") == "Bound":
+            return
+        pv = translate.mirror_volume(upper, lower, self.ctx.owner)
+        try:
+            await self.ctx.upper.create(path("persistentvolumes"), pv)
+        except ApiError as exc:
+            if not exc.already_exists:
+                raise
+            return
+        log.info("bound the upper claim to a mirror of the lower volume",
+                 extra=fields(ref.key.split("/", 1)[1], kind="pvc", cluster=self.ctx.config.cluster_id,
+                              volume=pv["metadata"]["name"]))
+
+    async def _collect_mirror(self, ns: str, name: str) -> None:
+        """The upper claim is gone: its mirror volume goes too (it holds no data; the lower volume does)."""
+        lower = self.ctx.lower_deps[deps.PVC].get(f"{ns}/{name}")
+        uid = ((lower or {}).get("metadata") or {}).get("annotations", {}).get(c.UPPER_UID_ANNOTATION)
+        if not uid:
+            return
+        pv_path = path("persistentvolumes", name=translate.mirror_volume_name(uid))
+        try:
+            pv = await self.ctx.upper.get(pv_path)
+            if self.ctx.owner.owns(pv):
+                await self.ctx.upper.delete(pv_path, {"preconditions": {"uid": pv["metadata"]["uid"]}})
+        except ApiError as exc:
+            if not (exc.not_found or exc.conflict):
+                raise
 
     # --- lifecycle ---------------------------------------------------------------------
 

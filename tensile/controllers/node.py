@@ -48,6 +48,8 @@ def node_manifest(ctx: Context, arch: str, os_name: str) -> JSON:
         c.HOSTNAME_LABEL: cfg.node_name,
         c.OS_LABEL: os_name,
         c.ARCH_LABEL: arch,
+        c.BETA_OS_LABEL: os_name,
+        c.BETA_ARCH_LABEL: arch,
         c.CLUSTER_ID_LABEL: cfg.cluster_id,
         c.MANAGED_BY_LABEL: c.MANAGED_BY_VALUE,
         **cfg.node_labels,

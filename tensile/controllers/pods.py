@@ -5,15 +5,22 @@ this node and by the lower copies this node owns. ``reconcile`` reads both
 caches and is level-based and idempotent, so a restart, a missed event or a
 crash mid-sync converges to exactly one lower copy per upper pod:
 
-- no upper pod: delete our lower copy (orphans after a restart too);
+- no upper pod (force-deleted, or collected): delete our lower copy at once;
 - upper pod terminating: delete the lower copy with the same grace period,
-  and once it is gone remove the upper pod (grace 0), as a kubelet does;
-- no lower copy: create its dependencies, then the copy; a required
-  dependency that is missing or owned by someone else holds the pod with a
-  Warning Event and is retried with backoff;
+  again with a shorter one if the user shortens it, and once it is gone (or
+  the name is held by a pod that is not ours) remove the upper pod, as a
+  kubelet does;
+- DaemonSet pods are accepted without a copy (see ``_accept_without_copy``);
+- no lower copy: create its dependencies, then the copy. What holds the pod
+  (a missing dependency, a create the lower apiserver refuses, a spec no
+  lower cluster can run) shows in the upper pod's status the way a kubelet
+  shows it, with one Warning Event per change, not per retry;
 - lower copy vanished out of band after it ran: the upper pod turns Failed
-  (and is deleted if a controller owns it), so its controller replaces it;
-- otherwise: push allowed spec changes down, pull status up.
+  (and is deleted if a controller owns it), so its controller replaces it. A
+  copy that had finished before it vanished hands its final status up
+  instead: a completed Job pod is never failed or re-run;
+- otherwise: pull status up and push allowed spec changes down, each on its
+  own, so a lower admission policy refusing a spec patch never stops status.
 
 Lower pods tensile does not own never enter the lower cache (it is filtered
 by owner labels) and so are never touched.
@@ -21,15 +28,18 @@ by owner labels) and so are never touched.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from typing import Any
 
+from cachetools import TTLCache
+
 from tensile import conventions as c
 from tensile import dependencies as deps
-from tensile import translate
+from tensile import pod_status, translate
 from tensile.controllers.context import Context
 from tensile.controllers.dependencies import RESOURCES, DependencyController
-from tensile.controllers.namespaces import NamespaceEnsurer
+from tensile.controllers.namespaces import NamespaceEnsurer, NamespaceTerminatingError, is_terminating_error
 from tensile.kube.client import JSON, STRATEGIC_PATCH, path
 from tensile.kube.errors import ApiError
 from tensile.kube.events import NORMAL, WARNING
@@ -40,9 +50,26 @@ from tensile.logs import fields
 log = logging.getLogger("tensile.pods")
 
 TERMINAL = ("Succeeded", "Failed")
-#: How soon to look again at a pod held by a missing dependency (backoff comes on top via events).
+#: First recheck of a pod held by a missing dependency; doubles up to ``HELD_MAX``. The dependency
+#: appearing upstairs releases the pod at once, so the recheck is only a safety net.
 HELD_RECHECK = 5.0
+HELD_MAX = 300.0
+#: Answers that mean "the lower cluster will not do this", as opposed to "try again".
+REFUSED = (400, 403, 422)
+#: Why a DaemonSet pod has no copy.
+NOT_COPIED_REASON = "DaemonSetPodNotCopied"
 
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _api_message(exc: ApiError) -> str:
+    return str(exc.body.get("message") or exc.message)
+
+
+def is_daemonset_pod(pod: JSON) -> bool:
+    return any(o.get("kind") == "DaemonSet" and o.get("controller") for o in meta_of(pod).get("ownerReferences") or [])
 
 
 class PodController:
@@ -54,8 +81,15 @@ class PodController:
         self.workers = Workers(self.queue, self.reconcile, ctx.config.pod_workers, self._on_error)
         self.stats: dict[str, int] = {"created": 0, "deleted_lower": 0, "deleted_upper": 0, "status_updates": 0,
                                       "spec_updates": 0, "failed_out_of_band": 0}
-        ctx.upper_pods.add_handler(self._enqueue)
-        ctx.lower_pods.add_handler(self._enqueue)
+        #: (upper uid, topic) -> the (reason, message) last reported in a Warning Event.
+        self._reported: dict[tuple[str, str], tuple[str, str]] = {}
+        #: pod key -> how often it was held in a row (for the recheck backoff).
+        self._held: dict[str, int] = {}
+        #: pod key -> the last state of a lower copy that finished and was then deleted.
+        self._final: TTLCache[str, JSON] = TTLCache(maxsize=100_000, ttl=3600)
+        ctx.upper_pods.add_handler(self._on_upper)
+        ctx.lower_pods.add_handler(self._on_lower)
+        ctx.lower_namespaces.add_handler(self._on_namespace)
         # A dependency appearing upstairs releases pods held for it.
         for resource in RESOURCES:
             if resource in ctx.upper_deps:
@@ -65,10 +99,33 @@ class PodController:
     def cluster(self) -> str:
         return self.ctx.config.cluster_id
 
-    def _enqueue(self, old: JSON | None, new: JSON | None) -> None:
+    # --- event handlers ------------------------------------------------------------------------
+
+    def _on_upper(self, old: JSON | None, new: JSON | None) -> None:
         obj = new or old
-        if obj is not None:
-            self.queue.add(key_of(obj))
+        if obj is None:
+            return
+        if new is None:
+            uid = str(meta_of(obj).get("uid", ""))
+            for key in [k for k in self._reported if k[0] == uid]:
+                del self._reported[key]
+        self.queue.add(key_of(obj))
+
+    def _on_lower(self, old: JSON | None, new: JSON | None) -> None:
+        obj = new or old
+        if obj is None:
+            return
+        key = key_of(obj)
+        if new is None and old is not None and (old.get("status") or {}).get("phase") in TERMINAL:
+            self._final[key] = old
+        self.queue.add(key)
+
+    def _on_namespace(self, old: JSON | None, new: JSON | None) -> None:
+        if new is None and old is not None:
+            ns = meta_of(old).get("name")
+            for pod in self.ctx.upper_pods.items():
+                if meta_of(pod).get("namespace") == ns:
+                    self.queue.add(key_of(pod))
 
     def _on_dependency(self, old: JSON | None, new: JSON | None) -> None:
         if old is None and new is not None:
@@ -83,14 +140,31 @@ class PodController:
         if upper is not None and self.queue.failures(key) in (0, 3, 10):
             self.ctx.recorder.event(upper, WARNING, "ProviderSyncFailed", f"tensile: {exc}")
 
+    def _warn_once(self, upper: JSON, topic: str, reason: str, message: str) -> None:
+        """A Warning Event when what is wrong about ``topic`` changes, not on every retry."""
+        slot = (str(meta_of(upper).get("uid", "")), topic)
+        if self._reported.get(slot) == (reason, message):
+            return
+        self._reported[slot] = (reason, message)
+        self.ctx.recorder.event(upper, WARNING, reason, message)
+        log.warning("%s: %s", reason, message, extra=fields(key_of(upper), cluster=self.cluster))
+
+    def _resolved(self, upper: JSON, *topics: str) -> None:
+        uid = str(meta_of(upper).get("uid", ""))
+        for topic in topics:
+            self._reported.pop((uid, topic), None)
+
     # --- reconcile ---------------------------------------------------------------------------
 
     async def reconcile(self, key: str) -> float | None:
         upper = self.ctx.upper_pods.get(key)
         lower = self.ctx.lower_pods.get(key)
         if upper is None:
-            if lower is not None:
-                await self._delete_lower(key, lower, grace=None, reason="upper pod is gone")
+            self._held.pop(key, None)
+            self._final.pop(key, None)
+            if lower is not None and not meta_of(lower).get("deletionTimestamp"):
+                # Removed without waiting for its copy (a force delete, PodGC): the copy goes at once too.
+                await self._delete_lower(key, lower, grace=0, reason="upper pod is gone")
             return None
         lower_uid = (meta_of(lower).get("annotations") or {}).get(c.UPPER_UID_ANNOTATION)
         if lower is not None and lower_uid != meta_of(upper).get("uid"):
@@ -100,10 +174,26 @@ class PodController:
             return None
         if meta_of(upper).get("deletionTimestamp"):
             return await self._terminate(key, upper, lower)
+        if is_daemonset_pod(upper):
+            await self._accept_without_copy(key, upper)
+            return None
         if lower is None:
             return await self._ensure_lower(key, upper)
-        await self._update_lower(key, upper, lower)
-        await self._update_status(key, upper, lower)
+        self._held.pop(key, None)
+        errors: list[ApiError] = []
+        for step in (self._update_status, self._update_lower, self._update_ephemeral):
+            try:
+                await step(key, upper, lower)
+            except ApiError as exc:
+                errors.append(exc)
+        self._report_lower_problem(upper, lower)
+        retryable = [e for e in errors if e.status not in REFUSED]
+        if retryable:
+            raise retryable[0]
+        if errors:
+            # Refused by the lower cluster (an admission policy): a Warning said so; the same request
+            # will be refused again until someone changes something, so look again slowly.
+            return self._held_delay(key)
         return None
 
     async def _delete_lower(self, key: str, lower: JSON, grace: int | None, reason: str) -> None:
@@ -122,39 +212,106 @@ class PodController:
     async def _terminate(self, key: str, upper: JSON, lower: JSON | None) -> float | None:
         ns, name = key.split("/", 1)
         if lower is not None:
+            grace = meta_of(upper).get("deletionGracePeriodSeconds")
+            lower_grace = meta_of(lower).get("deletionGracePeriodSeconds")
             if not meta_of(lower).get("deletionTimestamp"):
-                grace = meta_of(upper).get("deletionGracePeriodSeconds")
                 await self._delete_lower(key, lower, grace=grace, reason="upper pod is terminating")
                 self.ctx.recorder.event(upper, NORMAL, "ProviderDeleteSuccess",
                                         f"deleting the lower pod in cluster {self.cluster}")
-            await self._update_status(key, upper, lower)
+            elif grace is not None and lower_grace is not None and grace < lower_grace:
+                # `kubectl delete --grace-period=1` after a normal delete: the apiserver shortened the
+                # upper grace period, and the lower copy must not outlive it.
+                await self._delete_lower(key, lower, grace=grace, reason="upper grace period was shortened")
+            try:
+                await self._update_status(key, upper, lower)
+            except ApiError as exc:
+                if not (exc.not_found or exc.conflict):
+                    raise
             return None
         # Make sure the copy is really gone, not merely missing from a lagging cache.
         try:
-            await self.ctx.lower.get(path("pods", ns, name))
-            return 1.0
+            existing = await self.ctx.lower.get(path("pods", ns, name))
+            if self.ctx.owner.owns(existing):
+                return 1.0
+            # The name is held by a pod that is not ours (a NameConflict); ours never existed.
         except ApiError as exc:
             if not exc.not_found:
                 raise
+        await self._remove_upper(key, upper)
+        log.info("removed upper pod after its lower copy was gone", extra=fields(key, cluster=self.cluster))
+        return None
+
+    async def _remove_upper(self, key: str, upper: JSON) -> None:
+        ns, name = key.split("/", 1)
         try:
             await self.ctx.upper.delete(path("pods", ns, name), {
                 "gracePeriodSeconds": 0, "preconditions": {"uid": meta_of(upper).get("uid")},
             })
             self.stats["deleted_upper"] += 1
-            log.info("removed upper pod after its lower copy was gone", extra=fields(key, cluster=self.cluster))
         except ApiError as exc:
             if not (exc.not_found or exc.conflict):
                 raise
-        return None
 
     def _ran_before(self, upper: JSON) -> bool:
         """The upper pod shows status that came from a lower copy."""
-        return bool((upper.get("status") or {}).get("hostIP"))
+        status = upper.get("status") or {}
+        return bool(status.get("hostIP")) and not any(
+            (cs.get("state") or {}).get("waiting", {}).get("reason") in (pod_status.CONFIG_ERROR,
+                                                                         pod_status.CREATE_ERROR)
+            for cs in status.get("containerStatuses") or [])
+
+    async def _write_status(self, key: str, upper: JSON, desired: JSON) -> None:
+        # Conditions are replaced whole by a merge patch. Where someone else writes conditions too
+        # (readiness gates, DisruptionTarget), the patch is pinned to the revision it was computed
+        # from, so theirs is never lost; elsewhere pinning would only add conflicts.
+        shared = any(cond.get("type") not in (*pod_status.KUBELET_CONDITIONS, pod_status.SCHEDULED,
+                                               c.LOWER_POD_CONDITION)
+                     for cond in (upper.get("status") or {}).get("conditions") or [])
+        revision = meta_of(upper).get("resourceVersion") if shared or pod_status.readiness_gates(upper) else None
+        patch = pod_status.status_patch(upper.get("status") or {}, desired, revision)
+        if patch is None:
+            return
+        ns, name = key.split("/", 1)
+        await self.ctx.upper.patch(path("pods", ns, name, "status"), patch)
+        self.stats["status_updates"] += 1
+
+    async def _hold(self, key: str, upper: JSON, reason: str, message: str, event_reason: str) -> None:
+        """Show the pod as a kubelet shows one it cannot start, and say why once."""
+        self._warn_once(upper, "held", event_reason, message)
+        status = pod_status.held_status(upper, self.ctx.config.node_ip, reason, message, _now())
+        await self._write_status(key, upper, status)
+
+    def _held_delay(self, key: str, cap: float = HELD_MAX) -> float:
+        n = self._held.get(key, 0)
+        self._held[key] = n + 1
+        return float(min(cap, HELD_RECHECK * 2**n))
+
+    async def _accept_without_copy(self, key: str, upper: JSON) -> None:
+        """A DaemonSet pod: accepted and reported Ready, never copied.
+
+        A DaemonSet runs one pod per *node*; a virtual node is a whole cluster, whose own nodes run
+        its own DaemonSets. Copying the pod would run one more instance on some lower node. Leaving it
+        Pending or Failed would block the DaemonSet's rolling update forever (the unavailable pod
+        uses up maxUnavailable) or make its controller recreate it in a loop. So the pod is Ready
+        with no IP (no Service sends traffic to it), its containers wait with the reason, and one
+        Warning Event says so. The README shows how to keep DaemonSets off virtual nodes.
+        """
+        message = (f"DaemonSet pods are not copied to lower cluster {self.cluster}: the virtual node stands for a "
+                   "whole cluster, which runs its own DaemonSets. Keep DaemonSets off virtual nodes with a node "
+                   f"affinity {c.VIRTUAL_NODE_TYPE_LABEL} NotIn [{c.VIRTUAL_NODE_TYPE_VALUE}].")
+        self._warn_once(upper, "held", NOT_COPIED_REASON, message)
+        status = pod_status.not_copied_status(upper, self.ctx.config.node_ip, NOT_COPIED_REASON, message, _now())
+        await self._write_status(key, upper, status)
 
     async def _ensure_lower(self, key: str, upper: JSON) -> float | None:
         ns, name = key.split("/", 1)
-        phase = (upper.get("status") or {}).get("phase")
-        if phase in TERMINAL:
+        if (upper.get("status") or {}).get("phase") in TERMINAL:
+            return None
+        final = self._final.get(key)
+        if final is not None and (meta_of(final).get("annotations") or {}).get(
+                c.UPPER_UID_ANNOTATION) == meta_of(upper).get("uid"):
+            # The copy finished, then vanished before its end was written up: hand up the end.
+            await self._update_status(key, upper, final)
             return None
         if self._ran_before(upper):
             try:
@@ -166,100 +323,147 @@ class PodController:
                 return None
             if self.ctx.owner.owns(lower):
                 return 1.0  # the cache has not caught up yet
+        unsupported = translate.unsupported_reason(upper)
+        if unsupported is not None:
+            await self._hold(key, upper, pod_status.CREATE_ERROR, unsupported, "UnsupportedPodSpec")
+            return None  # retrying cannot help; an update of the pod requeues it
         try:
-            desired = translate.lower_pod(upper, self.ctx.owner)
+            desired = translate.lower_pod(upper, self.ctx.owner, self.ctx.upper_only_keys)
         except ValueError as exc:
-            self.ctx.recorder.event(upper, WARNING, "InvalidClusterSelector", str(exc))
-            log.warning("cannot translate pod: %s", exc, extra=fields(key, cluster=self.cluster))
-            return None  # retrying cannot help; an update of the pod will requeue it
-        held = await self._ensure_dependencies(key, upper, desired)
-        if held:
-            return HELD_RECHECK
-        await self.namespaces.ensure(ns)
+            await self._hold(key, upper, pod_status.CREATE_ERROR, str(exc), "InvalidClusterSelector")
+            return None
+        if await self._ensure_dependencies(key, upper, desired):
+            return self._held_delay(key)
+        try:
+            await self.namespaces.ensure(ns)
+        except NamespaceTerminatingError as exc:
+            log.info("%s", exc, extra=fields(key, cluster=self.cluster))
+            return 2.0
         try:
             await self.ctx.lower.create(path("pods", ns), desired)
         except ApiError as exc:
-            if not exc.already_exists:
-                if exc.status == 404 or "being terminated" in exc.message:
-                    self.namespaces.forget(ns)
-                self.ctx.recorder.event(upper, WARNING, "ProviderCreateFailed",
-                                        f"creating the pod in lower cluster {self.cluster} failed: {exc.message}")
-                raise
-            existing = await self.ctx.lower.get(path("pods", ns, name))
-            if not self.ctx.owner.owns(existing):
-                msg = (f"pod {key} already exists in lower cluster {self.cluster} and is not managed by this "
-                       "virtual node; tensile will not touch it")
-                self.ctx.recorder.event(upper, WARNING, "NameConflict", msg)
-                log.warning(msg, extra=fields(key, cluster=self.cluster))
-                return 60.0
-            return 1.0
+            return await self._create_failed(key, upper, exc)
+        self._held.pop(key, None)
+        self._resolved(upper, "held", "create")
         self.stats["created"] += 1
         self.ctx.recorder.event(upper, NORMAL, "ProviderCreateSuccess", f"created pod in lower cluster {self.cluster}")
         log.info("created lower pod", extra=fields(key, cluster=self.cluster))
         return None
 
+    async def _create_failed(self, key: str, upper: JSON, exc: ApiError) -> float | None:
+        ns, name = key.split("/", 1)
+        if exc.already_exists:
+            existing = await self.ctx.lower.get(path("pods", ns, name))
+            if not self.ctx.owner.owns(existing):
+                msg = (f"pod {key} already exists in lower cluster {self.cluster} and is not managed by this "
+                       "virtual node; tensile will not touch it")
+                await self._hold(key, upper, pod_status.CREATE_ERROR, msg, "NameConflict")
+                return self._held_delay(key, cap=60.0)
+            return 1.0
+        if exc.not_found or is_terminating_error(exc):
+            return 2.0  # the lower namespace was deleted meanwhile; it is made again once gone
+        message = f"lower cluster {self.cluster} refused the pod: {_api_message(exc)}"
+        if exc.status in (400, 422):
+            # Invalid there: the same request can never succeed. Held until the pod changes.
+            await self._hold(key, upper, pod_status.CREATE_ERROR, message, "ProviderCreateFailed")
+            return None
+        if exc.status == 403:
+            # Admission (quota, policy, a missing RuntimeClass): may change, so look again, slowly.
+            await self._hold(key, upper, pod_status.CREATE_ERROR, message, "ProviderCreateFailed")
+            return self._held_delay(key)
+        self._warn_once(upper, "create", "ProviderCreateFailed", message)
+        raise exc
+
     async def _ensure_dependencies(self, key: str, upper: JSON, desired: JSON) -> bool:
-        """Create what the pod needs; True when the pod must wait."""
-        problems = []
+        """Create what the pod needs; True when the pod must wait (its status and an Event say why)."""
+        problems: list[tuple[str, str]] = []
         for ref in deps.pod_dependencies(desired):
             result = await self.deps.sync(ref)
-            if result == "ok" or (result == "missing" and ref.optional):
+            if result == "ok":
+                continue
+            kind = ref.resource[:-1]  # "configmap", "secret": the kubelet's wording
+            if result == "missing" and ref.optional:
+                reason = pod_status.REASON_OPTIONAL.get(ref.resource, "OptionalDependencyNotFound")
+                self._warn_once(upper, f"optional:{ref.key}", reason, f'{kind} "{ref.name}" not found')
                 continue
             if result == "missing":
-                problems.append(f"{ref.resource} {ref.namespace}/{ref.name} not found in the upper cluster")
+                reason = pod_status.REASON_MANDATORY.get(ref.resource, "DependencyMissing")
+                problems.append((reason, f'{kind} "{ref.name}" not found'))
             else:
-                problems.append(self.deps.copies.conflicts.get(ref.key, f"{ref.resource} {ref.name} conflicts"))
-        if problems:
-            msg = "waiting for dependencies: " + "; ".join(problems)
-            reason = "DependencyConflict" if any("not managed" in p for p in problems) else "DependencyMissing"
-            self.ctx.recorder.event(upper, WARNING, reason, msg)
-            log.warning(msg, extra=fields(key, cluster=self.cluster))
-        return bool(problems)
+                problems.append(("DependencyConflict",
+                                 self.deps.copies.conflicts.get(ref.key, f"{ref.resource} {ref.name} conflicts")))
+        if not problems:
+            return False
+        message = "; ".join(msg for _, msg in problems)
+        await self._hold(key, upper, pod_status.CONFIG_ERROR, message, problems[0][0])
+        return True
 
     async def _fail_upper(self, key: str, upper: JSON) -> None:
         ns, name = key.split("/", 1)
         reason = "LowerPodDeleted"
         message = f"the pod's copy in lower cluster {self.cluster} was deleted or evicted out of band"
-        status = translate.failed_status(upper, reason, message)
+        status = pod_status.failed_status(upper, reason, message)
         await self.ctx.upper.patch(path("pods", ns, name, "status"), {"status": status})
         self.stats["failed_out_of_band"] += 1
         self.ctx.recorder.event(upper, WARNING, reason, message)
         log.warning(message, extra=fields(key, cluster=self.cluster))
         owners = meta_of(upper).get("ownerReferences") or []
         if any(o.get("controller") for o in owners):
-            try:
-                await self.ctx.upper.delete(path("pods", ns, name), {
-                    "gracePeriodSeconds": 0, "preconditions": {"uid": meta_of(upper).get("uid")},
-                })
-            except ApiError as exc:
-                if not (exc.not_found or exc.conflict):
-                    raise
+            await self._remove_upper(key, upper)
 
     async def _update_lower(self, key: str, upper: JSON, lower: JSON) -> None:
         if meta_of(lower).get("deletionTimestamp"):
             return
         try:
-            desired = translate.lower_pod(upper, self.ctx.owner)
+            desired = translate.lower_pod(upper, self.ctx.owner, self.ctx.upper_only_keys)
         except ValueError:
             return
         patch = translate.pod_update_patch(desired, lower)
         if patch is None:
+            self._resolved(upper, "update")
             return
         ns, name = key.split("/", 1)
-        await self.ctx.lower.patch(path("pods", ns, name), patch, content_type=STRATEGIC_PATCH)
+        try:
+            await self.ctx.lower.patch(path("pods", ns, name), patch, content_type=STRATEGIC_PATCH)
+        except ApiError as exc:
+            self._warn_once(upper, "update", "ProviderUpdateFailed",
+                            f"lower cluster {self.cluster} refused the update: {_api_message(exc)}")
+            raise
+        self._resolved(upper, "update")
         self.stats["spec_updates"] += 1
         self.ctx.recorder.event(upper, NORMAL, "ProviderUpdateSuccess",
                                 f"updated the pod in lower cluster {self.cluster}")
         log.info("updated lower pod", extra=fields(key, cluster=self.cluster, fields=sorted(patch)))
 
-    async def _update_status(self, key: str, upper: JSON, lower: JSON) -> None:
-        desired = translate.upper_status(lower, upper, self.ctx.config.node_ip)
-        patch = translate.status_patch(upper.get("status") or {}, desired)
+    async def _update_ephemeral(self, key: str, upper: JSON, lower: JSON) -> None:
+        """``kubectl debug`` upstairs adds ephemeral containers; the copy gets them too."""
+        if meta_of(lower).get("deletionTimestamp"):
+            return
+        patch = translate.ephemeral_containers_patch(upper, lower)
         if patch is None:
             return
         ns, name = key.split("/", 1)
-        await self.ctx.upper.patch(path("pods", ns, name, "status"), patch)
-        self.stats["status_updates"] += 1
+        try:
+            await self.ctx.lower.patch(path("pods", ns, name, "ephemeralcontainers"), patch,
+                                       content_type=STRATEGIC_PATCH)
+        except ApiError as exc:
+            self._warn_once(upper, "ephemeral", "ProviderUpdateFailed",
+                            f"lower cluster {self.cluster} refused the ephemeral containers: {_api_message(exc)}")
+            raise
+        log.info("added ephemeral containers to lower pod", extra=fields(key, cluster=self.cluster))
+
+    async def _update_status(self, key: str, upper: JSON, lower: JSON) -> None:
+        cfg = self.ctx.config
+        desired = pod_status.upper_status(lower, upper, cfg.node_ip, flat_network=cfg.flat_network, now=_now())
+        await self._write_status(key, upper, desired)
+
+    def _report_lower_problem(self, upper: JSON, lower: JSON) -> None:
+        problem = pod_status.lower_problem(lower)
+        if problem is None:
+            self._resolved(upper, "lower")
+            return
+        reason, message = problem
+        self._warn_once(upper, "lower", reason, f"lower cluster {self.cluster}: {message}")
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ class VirtualNode:
             cfg.cluster_id = await cluster_uid(self.lower)
         ctx = Context.build(cfg, self.upper, self.lower, upper_id)
         self.ctx = ctx
-        namespaces = NamespaceEnsurer(self.lower, ctx.owner)
+        namespaces = NamespaceEnsurer(self.lower, ctx.owner, ctx.lower_namespaces)
         copies = LowerCopies(ctx, namespaces)
         self.deps = DependencyController(ctx, copies)
         self.services = ServiceController(ctx, copies)

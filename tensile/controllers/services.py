@@ -41,6 +41,7 @@ class ServiceController:
         ctx.upper_pods.add_handler(self._on_pod)
         ctx.upper_deps[SERVICES].add_handler(self._on_service)
         ctx.lower_deps[SERVICES].add_handler(self._on_service)
+        ctx.lower_namespaces.add_handler(self._on_namespace)
         if self.flat:
             ctx.upper_deps[ENDPOINTSLICES].add_handler(self._on_slice)
             ctx.lower_deps[ENDPOINTSLICES].add_handler(self._on_slice)
@@ -55,6 +56,13 @@ class ServiceController:
         ns = meta_of(new or old).get("namespace")
         for inf in (self.ctx.upper_deps[SERVICES], self.ctx.lower_deps[SERVICES]):
             for svc in inf.items():
+                if meta_of(svc).get("namespace") == ns:
+                    self.queue.add(key_of(svc))
+
+    def _on_namespace(self, old: JSON | None, new: JSON | None) -> None:
+        if new is None and old is not None:
+            ns = meta_of(old).get("name")
+            for svc in self.ctx.upper_deps[SERVICES].items():
                 if meta_of(svc).get("namespace") == ns:
                     self.queue.add(key_of(svc))
 
