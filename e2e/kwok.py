@@ -125,78 +125,65 @@ SIMULATE_LABEL = "e2e.tensile.io/simulate"
 EXIT_CODE_ANNOTATION = "e2e.tensile.io/exit-code"
 _SIMULATE_KEY = f'.metadata.labels["{SIMULATE_LABEL}"]'
 
-_POD_COMPLETE = """\
-{{ $now := Now }}
-{{ $code := "0" }}{{ with .metadata.annotations }}{{ with index . "@EXIT_CODE@" }}{{ $code = . }}{{ end }}{{ end }}
+def _not_ready_template(prelude: str, reason: str, state: str, phase: str) -> str:
+    """A pod status whose containers are not ready: ``state`` is each container's state (YAML)."""
+    return f"""\
+{{{{ $now := Now }}}}
+{prelude}
 conditions:
-- lastTransitionTime: {{ $now | Quote }}
+- lastTransitionTime: {{{{ $now | Quote }}}}
   status: "True"
   type: Initialized
-- lastTransitionTime: {{ $now | Quote }}
+- lastTransitionTime: {{{{ $now | Quote }}}}
   status: "False"
-  reason: PodCompleted
+  reason: {reason}
   type: Ready
-- lastTransitionTime: {{ $now | Quote }}
+- lastTransitionTime: {{{{ $now | Quote }}}}
   status: "False"
-  reason: PodCompleted
+  reason: {reason}
   type: ContainersReady
-- lastTransitionTime: {{ $now | Quote }}
+- lastTransitionTime: {{{{ $now | Quote }}}}
   status: "True"
   type: PodScheduled
 containerStatuses:
-{{ range .spec.containers }}
-- image: {{ .image | Quote }}
-  name: {{ .name | Quote }}
+{{{{ range .spec.containers }}}}
+- image: {{{{ .image | Quote }}}}
+  name: {{{{ .name | Quote }}}}
   ready: false
   started: false
   restartCount: 0
   state:
+{state}
+{{{{ end }}}}
+hostIP: {{{{ NodeIPWith .spec.nodeName | Quote }}}}
+podIP: {{{{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}}}
+phase: {phase}
+startTime: {{{{ $now | Quote }}}}
+"""
+
+
+_POD_COMPLETE = _not_ready_template(
+    '{{ $code := "0" }}{{ with .metadata.annotations }}{{ with index . "' + EXIT_CODE_ANNOTATION
+    + '" }}{{ $code = . }}{{ end }}{{ end }}',
+    "PodCompleted",
+    """\
     terminated:
       exitCode: {{ $code }}
       reason: {{ if eq $code "0" }}Completed{{ else }}Error{{ end }}
       startedAt: {{ $now | Quote }}
-      finishedAt: {{ $now | Quote }}
-{{ end }}
-hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
-podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
-phase: {{ if eq $code "0" }}Succeeded{{ else }}Failed{{ end }}
-startTime: {{ $now | Quote }}
-""".replace("@EXIT_CODE@", EXIT_CODE_ANNOTATION)
+      finishedAt: {{ $now | Quote }}""",
+    '{{ if eq $code "0" }}Succeeded{{ else }}Failed{{ end }}',
+)
 
-_POD_IMAGE_PULL_FAILURE = """\
-{{ $now := Now }}
-conditions:
-- lastTransitionTime: {{ $now | Quote }}
-  status: "True"
-  type: Initialized
-- lastTransitionTime: {{ $now | Quote }}
-  status: "False"
-  reason: ContainersNotReady
-  type: Ready
-- lastTransitionTime: {{ $now | Quote }}
-  status: "False"
-  reason: ContainersNotReady
-  type: ContainersReady
-- lastTransitionTime: {{ $now | Quote }}
-  status: "True"
-  type: PodScheduled
-containerStatuses:
-{{ range .spec.containers }}
-- image: {{ .image | Quote }}
-  name: {{ .name | Quote }}
-  ready: false
-  started: false
-  restartCount: 0
-  state:
+_POD_IMAGE_PULL_FAILURE = _not_ready_template(
+    "",
+    "ContainersNotReady",
+    """\
     waiting:
       reason: ErrImagePull
-      message: {{ printf "failed to pull and unpack image %q: not found" .image | Quote }}
-{{ end }}
-hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
-podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
-phase: Pending
-startTime: {{ $now | Quote }}
-"""
+      message: {{ printf "failed to pull and unpack image %q: not found" .image | Quote }}""",
+    "Pending",
+)
 
 
 def _stage(name: str, kind: str, match: list[dict[str, Any]], nxt: dict[str, Any],

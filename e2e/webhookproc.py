@@ -77,12 +77,15 @@ class WebhookProcess(Supervised):
         wait_for(active, timeout, interval=0.5, what="webhook configuration active in the apiserver")
 
     def stop(self) -> None:
-        try:
-            k8s.AdmissionregistrationV1Api(self.cluster.api()).delete_mutating_webhook_configuration(CONFIG_NAME)
-            time.sleep(1)  # let the apiserver drop it before the server goes away
-        except k8s.ApiException as exc:
-            if exc.status != 404:
-                raise
+        api = k8s.AdmissionregistrationV1Api(self.cluster.api())
+        for delete in (api.delete_mutating_webhook_configuration, api.delete_validating_admission_policy_binding,
+                       api.delete_validating_admission_policy):
+            try:
+                delete(CONFIG_NAME)
+            except k8s.ApiException as exc:
+                if exc.status != 404:
+                    raise
+        time.sleep(1)  # let the apiserver drop them before the server goes away
         if self.proc is not None:
             self.proc.stop()
 

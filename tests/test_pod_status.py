@@ -74,9 +74,9 @@ def test_ready_waits_for_every_readiness_gate() -> None:
 
 def test_readiness_gates_do_not_make_an_unready_pod_ready() -> None:
     lower = running_lower()
-    for c in lower["status"]["conditions"]:
-        if c["type"] in ("Ready", "ContainersReady"):
-            c["status"] = "False"
+    for item in lower["status"]["conditions"]:
+        if item["type"] in ("Ready", "ContainersReady"):
+            item["status"] = "False"
     up = upper(readinessGates=[{"conditionType": "g"}])
     up["status"]["conditions"].append({"type": "g", "status": "True"})
     assert cond(ps.upper_status(lower, up, IP, flat_network=False, now=NOW), "Ready")["status"] == "False"

@@ -57,6 +57,41 @@ def test_serving_flags() -> None:
     assert args.virtual_node_selector is False
     assert args.unreachable_toleration_seconds == 60
     assert args.log_level == "DEBUG"
+    assert parse("--signing-key-file", "s").signing_key_file == Path("s")
+    assert parse().signing_key_file is None
+
+
+def test_serving_with_a_short_signing_key_fails_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run("certs", str(tmp_path), "--host", "127.0.0.1")
+    (tmp_path / "short").write_bytes(b"too short")
+    code = run(
+        "--tls-cert-file",
+        str(tmp_path / "tls.crt"),
+        "--tls-key-file",
+        str(tmp_path / "tls.key"),
+        "--signing-key-file",
+        str(tmp_path / "short"),
+    )
+    assert code == 2
+    assert "signing key" in one_line_error(capsys)
+
+
+def test_serving_with_a_missing_signing_key_fails_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run("certs", str(tmp_path), "--host", "127.0.0.1")
+    code = run(
+        "--tls-cert-file",
+        str(tmp_path / "tls.crt"),
+        "--tls-key-file",
+        str(tmp_path / "tls.key"),
+        "--signing-key-file",
+        str(tmp_path / "nope"),
+    )
+    assert code == 2
+    assert "--signing-key-file" in one_line_error(capsys)
 
 
 def test_bad_port_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,9 +145,13 @@ def test_install_dry_run_prints_the_configuration(tmp_path: Path, capsys: pytest
         "--dry-run",
     )
     assert code == 0
-    manifest = json.loads(capsys.readouterr().out)
-    assert manifest["kind"] == "MutatingWebhookConfiguration"
-    assert manifest["webhooks"][0]["failurePolicy"] == "Ignore"
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["kind"] == "List"
+    webhook, policy, binding = listed["items"]
+    assert webhook["kind"] == "MutatingWebhookConfiguration"
+    assert webhook["webhooks"][0]["failurePolicy"] == "Ignore"
+    assert (policy["kind"], binding["kind"]) == ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    assert {item["metadata"]["name"] for item in listed["items"]} == {"tensile-webhook"}
 
 
 def test_install_service_form_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,7 +159,7 @@ def test_install_service_form_dry_run(tmp_path: Path, capsys: pytest.CaptureFixt
     run("certs", str(generated), "--dns", "w.ns.svc")
     capsys.readouterr()
     assert run("install", "--service", "ns/w:9443", "--ca-file", str(generated / "ca.crt"), "--dry-run") == 0
-    service = json.loads(capsys.readouterr().out)["webhooks"][0]["clientConfig"]["service"]
+    service = json.loads(capsys.readouterr().out)["items"][0]["webhooks"][0]["clientConfig"]["service"]
     assert service == {"namespace": "ns", "name": "w", "path": "/mutate", "port": 9443}
 
 

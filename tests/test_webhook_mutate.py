@@ -1,4 +1,8 @@
-"""Unit and property tests of webhook.mutate: the pod -> JSONPatch rules and their inverse."""
+"""Unit and property tests of webhook.mutate: the pod -> JSONPatch rules and their inverse.
+
+The inverse is ``tensile.cluster_selector.restore_constraints``, tested here paired with the webhook
+as in production; its own rules are in test_cluster_selector.py.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tensile.cluster_selector import restore_constraints
+from tensile.cluster_selector import filter_required, is_virtual_node_toleration, restore_constraints
 from tensile.conventions import (
     CLUSTER_ID_LABEL,
     CLUSTER_SELECTOR_ANNOTATION,
+    CLUSTER_SELECTOR_SIGNATURE_ANNOTATION,
+    HOSTNAME_LABEL,
     KUBE_SYSTEM,
     NOT_READY_TAINT,
     PROVIDER_TAINT_EFFECT,
@@ -25,9 +31,12 @@ from tensile.conventions import (
     VIRTUAL_POD_LABEL,
     VIRTUAL_POD_VALUE,
 )
+from webhook import signing
 from webhook.mutate import (
+    REPLACED_WARNING,
     MalformedPodError,
     MutateOptions,
+    mutate,
     mutate_pod,
     pointer_escape,
 )
@@ -40,6 +49,11 @@ UNREACHABLE_FOREVER = {"key": UNREACHABLE_TAINT, "operator": "Exists", "effect":
 # What the DefaultTolerationSeconds admission plugin adds before webhooks run.
 NOT_READY_300 = {**NOT_READY_FOREVER, "tolerationSeconds": 300}
 UNREACHABLE_300 = {**UNREACHABLE_FOREVER, "tolerationSeconds": 300}
+SPREAD = "topologySpreadConstraints"
+#: The keys a virtual node reports as its own (tensile.translate.VIRTUAL_NODE_KEYS).
+VIRTUAL_NODE_KEYS = frozenset({VIRTUAL_NODE_TYPE_LABEL, "kubernetes.io/role", HOSTNAME_LABEL, CLUSTER_ID_LABEL})
+SIGNATURE_PATH = "/metadata/annotations/" + pointer_escape(CLUSTER_SELECTOR_SIGNATURE_ANNOTATION)
+CLUSTER_SELECTOR_PATH = "/metadata/annotations/" + pointer_escape(CLUSTER_SELECTOR_ANNOTATION)
 
 
 def make_pod(spec: dict[str, Any] | None = None, *, labels: dict[str, str] | None = None, **metadata: Any) -> dict:
@@ -143,6 +157,21 @@ def saved(pod: dict) -> dict:
     return json.loads(pod["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION])
 
 
+def annotation_of(pod: dict) -> str:
+    return pod["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION]
+
+
+def spread(key: str, when: str | None = "DoNotSchedule") -> dict[str, Any]:
+    constraint: dict[str, Any] = {"maxSkew": 1, "topologyKey": key, "labelSelector": {"matchLabels": {"app": "a"}}}
+    if when is not None:
+        constraint["whenUnsatisfiable"] = when
+    return constraint
+
+
+def anti_affinity_term(key: str) -> dict[str, Any]:
+    return {"labelSelector": {"matchLabels": {"app": "a"}}, "topologyKey": key}
+
+
 def required_terms(spec: dict) -> list[dict] | None:
     block = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(REQ)
     return None if block is None else block["nodeSelectorTerms"]
@@ -175,15 +204,230 @@ def test_kube_system_from_request_namespace_is_not_mutated() -> None:
     assert mutate_pod(pod, MutateOptions(), namespace="default") != []
 
 
-def test_pod_with_cluster_selector_annotation_is_not_mutated() -> None:
-    pod = make_pod({"nodeSelector": {"zone": "x"}}, annotations={CLUSTER_SELECTOR_ANNOTATION: "{}"})
-    assert mutate_pod(pod, MutateOptions()) == []
-
-
 def test_mutation_is_idempotent() -> None:
     pod = make_pod({"nodeSelector": {"zone": "x"}, "affinity": required({"matchExpressions": [expr("zone")]})})
     once = mutated(pod)
-    assert mutate_pod(once, MutateOptions()) == []
+    assert mutate(once, MutateOptions()).patch == []
+    assert mutate(once, MutateOptions()).warnings == ()
+
+
+def test_copied_pod_in_the_same_namespace_keeps_the_saved_originals() -> None:
+    # e.g. `kubectl get pod -o yaml | kubectl create -f -`, or a descheduler's recreation
+    once = mutated(make_pod({"nodeSelector": {"zone": "x"}}))
+    copy_of = copy.deepcopy(once)
+    copy_of["metadata"]["name"] = "another"
+    assert mutate_pod(copy_of) == []
+    assert saved(copy_of)["nodeSelector"] == {"zone": "x"}
+
+
+def test_pod_recreated_from_its_original_manifest_is_relaxed_again_with_the_same_annotation() -> None:
+    # The template's spec (with what DefaultTolerationSeconds adds) plus the signed annotation.
+    original = make_pod({"nodeSelector": {"disktype": "ssd"}, "tolerations": [NOT_READY_300, UNREACHABLE_300]})
+    upper = mutated(original)
+    recreated = copy.deepcopy(original)
+    recreated["metadata"]["annotations"] = copy.deepcopy(upper["metadata"]["annotations"])
+    result = mutate(recreated)
+    assert result.warnings == ()
+    again = apply(recreated, result.patch)
+    assert again == upper
+    assert {op["path"] for op in result.patch} == {"/spec/nodeSelector", "/spec/tolerations"}
+
+
+# --- the annotation is the webhook's ---------------------------------------------------------------
+
+
+def forged(annotation: str, signature: str | None = None, **spec: Any) -> dict:
+    annotations = {CLUSTER_SELECTOR_ANNOTATION: annotation, "keep": "me"}
+    if signature is not None:
+        annotations[CLUSTER_SELECTOR_SIGNATURE_ANNOTATION] = signature
+    return make_pod(spec, annotations=annotations)
+
+
+FORGED = json.dumps({"nodeSelector": {"gpu": "a100"}, "tolerations": [{"operator": "Exists"}]})
+
+
+def test_hand_written_cluster_selector_is_replaced_with_a_warning() -> None:
+    pod = forged(FORGED, nodeSelector={"zone": "x"})
+    result = mutate(pod)
+    assert result.warnings == (REPLACED_WARNING,)
+    assert "replaced" in REPLACED_WARNING and CLUSTER_SELECTOR_ANNOTATION in REPLACED_WARNING
+    upper = apply(pod, result.patch)
+    assert saved(upper) == {"nodeSelector": {"zone": "x"}, "ignoreSelectorKeys": [CLUSTER_ID_LABEL]}
+    assert upper["metadata"]["annotations"]["keep"] == "me"
+    assert mutate_pod(upper) == []  # now it is ours
+
+
+def test_cluster_selector_with_an_invalid_signature_is_replaced() -> None:
+    genuine = mutated(make_pod({"nodeSelector": {"zone": "x"}}))
+    signature = genuine["metadata"]["annotations"][CLUSTER_SELECTOR_SIGNATURE_ANNOTATION]
+    tampered = copy.deepcopy(genuine)
+    tampered["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION] = FORGED
+    for pod in (tampered, forged(FORGED, signature), forged(FORGED, "garbage"), forged(FORGED, "")):
+        result = mutate(pod)
+        assert result.warnings == (REPLACED_WARNING,)
+        upper = apply(pod, result.patch)
+        assert "gpu" not in json.dumps(saved(upper))
+        assert signing.verify(
+            MutateOptions().signing_key,
+            "default",
+            annotation_of(upper),
+            upper["metadata"]["annotations"][CLUSTER_SELECTOR_SIGNATURE_ANNOTATION],
+        )
+
+
+def test_annotation_signed_with_another_key_is_replaced() -> None:
+    other = MutateOptions(signing_key=b"k" * 32)
+    once = mutated(make_pod({"nodeSelector": {"zone": "x"}}), other)
+    assert mutate_pod(once, other) == []
+    assert mutate(once).warnings == (REPLACED_WARNING,)
+
+
+def test_non_string_cluster_selector_is_replaced() -> None:
+    pod = make_pod(annotations={CLUSTER_SELECTOR_ANNOTATION: 5, CLUSTER_SELECTOR_SIGNATURE_ANNOTATION: None})
+    result = mutate(pod)
+    assert result.warnings == (REPLACED_WARNING,)
+    assert saved(apply(pod, result.patch)) == {"ignoreSelectorKeys": [CLUSTER_ID_LABEL]}
+
+
+def test_signature_alone_is_overwritten_without_a_warning() -> None:
+    pod = make_pod(annotations={CLUSTER_SELECTOR_SIGNATURE_ANNOTATION: "x"})
+    result = mutate(pod)
+    assert result.warnings == ()
+    assert {op["path"] for op in result.patch} >= {CLUSTER_SELECTOR_PATH, SIGNATURE_PATH}
+
+
+def test_signature_binds_the_namespace() -> None:
+    once = mutated(make_pod({"nodeSelector": {"zone": "x"}}))
+    moved = copy.deepcopy(once)
+    moved["metadata"]["namespace"] = "elsewhere"
+    result = mutate(moved)
+    assert result.warnings == (REPLACED_WARNING,)
+    # The request's namespace counts when the object has none.
+    del moved["metadata"]["namespace"]
+    assert mutate(moved, namespace="default").patch == []
+    assert mutate(moved, namespace="elsewhere").warnings == (REPLACED_WARNING,)
+
+
+def test_signature_is_unpadded_base64url_hmac_of_namespace_and_value() -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    options = MutateOptions(signing_key=b"s" * 32)
+    upper = mutated(make_pod(), options)
+    value = annotation_of(upper)
+    digest = hmac.new(b"s" * 32, b"default\n" + value.encode(), hashlib.sha256).digest()
+    expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    assert upper["metadata"]["annotations"][CLUSTER_SELECTOR_SIGNATURE_ANNOTATION] == expected
+
+
+# --- re-invocation after a later webhook ----------------------------------------------------------------
+
+
+def reinvoked(upper: dict, options: MutateOptions | None = None) -> dict:
+    """``upper`` after a second call of the webhook, with the patch applied; asserts idempotence after."""
+    options = options or MutateOptions()
+    result = mutate(upper, options)
+    assert result.warnings == ()
+    again = apply(upper, result.patch)
+    assert mutate_pod(again, options) == []
+    return again
+
+
+def test_reinvocation_folds_a_later_node_selector() -> None:
+    upper = mutated(make_pod({"nodeSelector": {"zone": "x"}}))
+    upper["spec"]["nodeSelector"]["disk"] = "ssd"  # another webhook's doing
+    patch = mutate_pod(upper)
+    assert {op["path"] for op in patch} == {CLUSTER_SELECTOR_PATH, SIGNATURE_PATH, "/spec/nodeSelector"}
+    again = apply(upper, patch)
+    assert saved(again)["nodeSelector"] == {"zone": "x", "disk": "ssd"}
+    assert again["spec"]["nodeSelector"] == {VIRTUAL_NODE_TYPE_LABEL: VIRTUAL_NODE_TYPE_VALUE}
+    assert mutate_pod(again) == []
+
+
+def test_reinvocation_folds_a_later_toleration() -> None:
+    upper = mutated(make_pod({"tolerations": [NOT_READY_300]}))
+    later = {"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}
+    upper["spec"]["tolerations"].append(later)
+    again = reinvoked(upper)
+    assert saved(again)["tolerations"] == [NOT_READY_300, later]
+    assert later in again["spec"]["tolerations"]
+    lower = restore_constraints(again["spec"], annotation_of(again))
+    assert lower["tolerations"] == [NOT_READY_300, later]
+
+
+def test_reinvocation_ands_a_later_required_node_affinity() -> None:
+    pod = make_pod({"affinity": required({"matchExpressions": [expr("zone"), expr(CLUSTER_ID_LABEL, "In", "a")]})})
+    upper = mutated(pod)
+    terms = required_terms(upper["spec"])
+    assert terms == [{"matchExpressions": [expr(CLUSTER_ID_LABEL, "In", "a")]}]
+    terms.append({"matchExpressions": [expr("disk", "In", "ssd")]})  # "... OR disk=ssd" from a later webhook
+    again = reinvoked(upper)
+    assert required_terms(saved(again)) == [
+        {"matchExpressions": [expr("zone"), expr(CLUSTER_ID_LABEL, "In", "a")]},
+        {"matchExpressions": [expr("zone"), expr(CLUSTER_ID_LABEL, "In", "a"), expr("disk", "In", "ssd")]},
+    ]
+    assert required_terms(again["spec"]) == [{"matchExpressions": [expr(CLUSTER_ID_LABEL, "In", "a")]}]
+
+
+def test_reinvocation_folds_a_required_node_affinity_added_from_scratch() -> None:
+    upper = mutated(make_pod({"nodeSelector": {"zone": "x"}}))
+    upper["spec"]["affinity"] = required({"matchExpressions": [expr("disk", "In", "ssd")]})
+    again = reinvoked(upper)
+    assert "affinity" not in again["spec"]
+    lower = restore_constraints(again["spec"], annotation_of(again))
+    assert required_terms(lower) == [{"matchExpressions": [expr("disk", "In", "ssd")]}]
+
+
+def test_reinvocation_folds_later_spreading_and_host_anti_affinity() -> None:
+    upper = mutated(make_pod({"affinity": {"podAntiAffinity": {REQ: [anti_affinity_term("zone")]}}}))
+    upper["spec"][SPREAD] = [spread(HOSTNAME_LABEL), spread("zone", "ScheduleAnyway")]
+    upper["spec"]["affinity"]["podAntiAffinity"][REQ].append(anti_affinity_term(HOSTNAME_LABEL))
+    again = reinvoked(upper)
+    assert again["spec"][SPREAD] == [spread("zone", "ScheduleAnyway")]
+    assert again["spec"]["affinity"] == {"podAntiAffinity": {REQ: [anti_affinity_term("zone")]}}
+    assert saved(again)[SPREAD] == [spread(HOSTNAME_LABEL), spread("zone", "ScheduleAnyway")]
+    assert saved(again)["affinity"]["podAntiAffinity"][REQ] == [
+        anti_affinity_term("zone"),
+        anti_affinity_term(HOSTNAME_LABEL),
+    ]
+    lower = restore_constraints(again["spec"], annotation_of(again))
+    assert lower[SPREAD] == saved(again)[SPREAD]
+    assert lower["affinity"] == saved(again)["affinity"]
+
+
+def test_reinvocation_with_nothing_new_is_no_patch() -> None:
+    upper = mutated(full_pod())
+    assert mutate_pod(upper) == []
+    # What the webhook itself adds is not "new", whatever order it comes back in.
+    upper["spec"]["tolerations"].reverse()
+    assert mutate_pod(upper) == []
+
+
+def test_reinvocation_after_a_later_webhook_removed_something_is_no_patch() -> None:
+    upper = mutated(make_pod({"tolerations": [{"key": "gpu", "operator": "Exists"}]}))
+    upper["spec"]["tolerations"] = upper["spec"]["tolerations"][1:]
+    assert mutate_pod(upper) == []
+
+
+def test_reinvocation_does_not_undo_a_later_removal() -> None:
+    gpu = {"key": "gpu", "operator": "Exists"}
+    upper = mutated(make_pod({"tolerations": [gpu]}))
+    upper["spec"]["tolerations"].remove(gpu)  # a policy webhook's doing
+    upper["spec"]["nodeSelector"]["disk"] = "ssd"  # and another's
+    again = reinvoked(upper)
+    assert gpu not in again["spec"]["tolerations"]
+    lower = restore_constraints(again["spec"], annotation_of(again))
+    assert lower["nodeSelector"] == {"disk": "ssd"}
+    assert gpu not in lower["tolerations"]  # upper admission's last word
+
+
+def test_reinvocation_with_other_ignore_keys_rewrites_the_annotation() -> None:
+    upper = mutated(make_pod({"nodeSelector": {"pool": "a", "zone": "x"}}))
+    options = MutateOptions(ignore_selector_keys=frozenset({"pool"}))
+    again = reinvoked(upper, options)
+    assert saved(again)["ignoreSelectorKeys"] == ["pool"]
+    assert again["spec"]["nodeSelector"] == {"pool": "a", VIRTUAL_NODE_TYPE_LABEL: VIRTUAL_NODE_TYPE_VALUE}
 
 
 # --- the clusterSelector annotation --------------------------------------------------------------------
@@ -201,30 +445,46 @@ def test_original_constraints_are_saved_in_cluster_selector_annotation() -> None
         "nodeSelector": {"zone": "x", CLUSTER_ID_LABEL: "a"},
         "affinity": affinity,
         "tolerations": tolerations,
+        "ignoreSelectorKeys": [CLUSTER_ID_LABEL],
     }
-    assert list(json.loads(annotation)) == ["nodeSelector", "affinity", "tolerations"]  # Tensile Kube's order
+    # Tensile Kube's fields in its order, then tensile's
+    assert list(json.loads(annotation)) == ["nodeSelector", "affinity", "tolerations", "ignoreSelectorKeys"]
+
+
+def test_spread_constraints_are_saved_only_when_the_pod_has_some() -> None:
+    constraints = [spread(HOSTNAME_LABEL), spread("zone", "ScheduleAnyway")]
+    assert saved(mutated(make_pod({SPREAD: constraints})))[SPREAD] == constraints
+    assert SPREAD not in saved(mutated(make_pod()))
+    assert SPREAD not in saved(mutated(make_pod({SPREAD: []})))
+
+
+def test_ignore_selector_keys_are_recorded_sorted() -> None:
+    options = MutateOptions(ignore_selector_keys=frozenset({"pool", CLUSTER_ID_LABEL, "a"}))
+    assert saved(mutated(make_pod(), options))["ignoreSelectorKeys"] == ["a", CLUSTER_ID_LABEL, "pool"]
+    assert saved(mutated(make_pod(), MutateOptions(ignore_selector_keys=frozenset())))["ignoreSelectorKeys"] == []
 
 
 def test_absent_and_null_fields_are_omitted_from_annotation() -> None:
-    pod = make_pod({"nodeSelector": None, "affinity": None})
-    assert mutate_pod(pod, MutateOptions())[0]["value"] == {CLUSTER_SELECTOR_ANNOTATION: "{}"}
+    pod = make_pod({"nodeSelector": None, "affinity": None, SPREAD: None})
+    value = mutate_pod(pod, MutateOptions())[0]["value"]
+    assert value[CLUSTER_SELECTOR_ANNOTATION] == '{"ignoreSelectorKeys":["clusterID"]}'
 
 
 def test_annotations_map_is_added_when_absent() -> None:
     patch = mutate_pod(make_pod(), MutateOptions())
     assert patch[0]["op"] == "add"
     assert patch[0]["path"] == "/metadata/annotations"
-    assert set(patch[0]["value"]) == {CLUSTER_SELECTOR_ANNOTATION}
+    assert set(patch[0]["value"]) == {CLUSTER_SELECTOR_ANNOTATION, CLUSTER_SELECTOR_SIGNATURE_ANNOTATION}
 
 
 def test_annotation_is_added_into_existing_annotations() -> None:
     pod = make_pod(annotations={"a/b~c": "keep"})
     patch = mutate_pod(pod, MutateOptions())
-    assert patch[0] == {
-        "op": "add",
-        "path": "/metadata/annotations/" + pointer_escape(CLUSTER_SELECTOR_ANNOTATION),
-        "value": "{}",
-    }
+    value = '{"ignoreSelectorKeys":["clusterID"]}'
+    assert patch[:2] == [
+        {"op": "add", "path": CLUSTER_SELECTOR_PATH, "value": value},
+        {"op": "add", "path": SIGNATURE_PATH, "value": signing.sign(MutateOptions().signing_key, "default", value)},
+    ]
     result = apply(pod, patch)
     assert result["metadata"]["annotations"]["a/b~c"] == "keep"
     assert CLUSTER_SELECTOR_ANNOTATION in result["metadata"]["annotations"]
@@ -364,6 +624,59 @@ def test_empty_affinity_is_left_alone() -> None:
     assert saved(mutated(pod))["affinity"] == {}
 
 
+# --- spreading and anti-affinity --------------------------------------------------------------------
+
+
+def test_required_spread_constraints_are_removed_upstairs() -> None:
+    constraints = [spread(HOSTNAME_LABEL), spread("zone", None), spread("zone", "ScheduleAnyway")]
+    upper = mutated(make_pod({SPREAD: constraints}))
+    assert upper["spec"][SPREAD] == [spread("zone", "ScheduleAnyway")]
+    assert saved(upper)[SPREAD] == constraints
+
+
+def test_spread_field_is_removed_when_only_required_constraints_were_there() -> None:
+    pod = make_pod({SPREAD: [spread(HOSTNAME_LABEL)]})
+    assert {"op": "remove", "path": "/spec/" + SPREAD} in mutate_pod(pod)
+    assert SPREAD not in mutated(pod)["spec"]
+
+
+def test_schedule_anyway_spreading_is_not_patched() -> None:
+    pod = make_pod({SPREAD: [spread("zone", "ScheduleAnyway")]})
+    assert not any(op["path"] == "/spec/" + SPREAD for op in mutate_pod(pod))
+
+
+def test_required_host_anti_affinity_is_removed_upstairs() -> None:
+    preferred = [{"weight": 1, "podAffinityTerm": anti_affinity_term(HOSTNAME_LABEL)}]
+    anti = {REQ: [anti_affinity_term(HOSTNAME_LABEL), anti_affinity_term("zone")], PREF: preferred}
+    upper = mutated(make_pod({"affinity": {"podAntiAffinity": anti}}))
+    assert upper["spec"]["affinity"] == {"podAntiAffinity": {REQ: [anti_affinity_term("zone")], PREF: preferred}}
+    assert saved(upper)["affinity"] == {"podAntiAffinity": anti}
+
+
+def test_affinity_is_removed_when_only_host_anti_affinity_was_there() -> None:
+    pod = make_pod({"affinity": {"podAntiAffinity": {REQ: [anti_affinity_term(HOSTNAME_LABEL)]}}})
+    assert {"op": "remove", "path": "/spec/affinity"} in mutate_pod(pod)
+    assert "affinity" not in mutated(pod)["spec"]
+
+
+def test_pod_affinity_on_the_host_is_left_alone() -> None:
+    affinity = {"podAffinity": {REQ: [anti_affinity_term(HOSTNAME_LABEL)]}}
+    assert not any(op["path"] == "/spec/affinity" for op in mutate_pod(make_pod({"affinity": affinity})))
+
+
+def test_typical_production_deployment_fits_a_virtual_node_and_keeps_its_rules_downstairs() -> None:
+    spec = {
+        "affinity": {"podAntiAffinity": {REQ: [anti_affinity_term(HOSTNAME_LABEL)]}},
+        SPREAD: [spread("topology.kubernetes.io/zone"), spread(HOSTNAME_LABEL, "ScheduleAnyway")],
+    }
+    upper = mutated(make_pod(spec))
+    assert "affinity" not in upper["spec"]
+    assert upper["spec"][SPREAD] == [spread(HOSTNAME_LABEL, "ScheduleAnyway")]
+    lower = restore_constraints(upper["spec"], annotation_of(upper), upper_only_keys=VIRTUAL_NODE_KEYS)
+    assert lower["affinity"] == spec["affinity"]
+    assert lower[SPREAD] == spec[SPREAD]
+
+
 # --- tolerations -----------------------------------------------------------------------------------
 
 
@@ -465,7 +778,7 @@ def test_patch_applies_to_what_the_apiserver_sends() -> None:
 def test_null_fields_are_treated_as_absent() -> None:
     pod = make_pod({"nodeSelector": None, "affinity": None, "tolerations": None}, annotations=None)
     result = apply(pod, mutate_pod(pod, MutateOptions()))
-    assert saved(result) == {}
+    assert saved(result) == {"ignoreSelectorKeys": [CLUSTER_ID_LABEL]}
     assert result["spec"]["nodeSelector"] == {VIRTUAL_NODE_TYPE_LABEL: VIRTUAL_NODE_TYPE_VALUE}
     assert result["spec"]["tolerations"] == [PROVIDER_TOLERATION, NOT_READY_FOREVER, UNREACHABLE_FOREVER]
 
@@ -546,17 +859,33 @@ def full_pod() -> dict:
     )
 
 
-def restored_from(pod: dict, **kwargs: Any) -> dict:
-    upper = mutated(pod)
+def restored_from(pod: dict, options: MutateOptions | None = None, **kwargs: Any) -> dict:
+    upper = mutated(pod, options)
     return restore_constraints(upper["spec"], upper["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION], **kwargs)
 
 
 def test_restore_round_trip_gives_the_original_constraints() -> None:
     pod = full_pod()
-    spec = restored_from(pod, upper_only_keys=frozenset())
+    spec = restored_from(pod, upper_only_keys=frozenset(), options=MutateOptions(ignore_selector_keys=frozenset()))
     for field in ("nodeSelector", "affinity", "tolerations"):
         assert spec[field] == pod["spec"][field]
     assert spec["containers"] == pod["spec"]["containers"]
+
+
+def test_restore_leaves_out_the_webhooks_ignore_keys() -> None:
+    # The virtual node is configured with its own keys only; the webhook's come in the annotation.
+    options = MutateOptions(ignore_selector_keys=frozenset({"pool"}))
+    pod = make_pod(
+        {
+            "nodeSelector": {"pool": "batch", "disk": "ssd"},
+            "affinity": required({"matchExpressions": [expr("pool", "In", "batch"), expr("zone")]}),
+        }
+    )
+    upper = mutated(pod, options)
+    assert upper["spec"]["nodeSelector"] == {"pool": "batch", VIRTUAL_NODE_TYPE_LABEL: VIRTUAL_NODE_TYPE_VALUE}
+    lower = restore_constraints(upper["spec"], annotation_of(upper), upper_only_keys=VIRTUAL_NODE_KEYS)
+    assert lower["nodeSelector"] == {"disk": "ssd"}
+    assert required_terms(lower) == [{"matchExpressions": [expr("zone")]}]
 
 
 def test_restore_leaves_out_cluster_id_by_default() -> None:
@@ -586,20 +915,21 @@ def test_restore_removes_virtual_node_selector_unless_original() -> None:
     assert restored_from(make_pod({"nodeSelector": own}))["nodeSelector"] == own
 
 
-def test_restore_keeps_upper_preferred_and_pod_affinity() -> None:
+def test_restore_gives_back_the_original_affinity_not_the_upper_one() -> None:
     upper = mutated(full_pod())
     upper["spec"]["affinity"]["podAffinity"] = {"added": "upstairs"}
     spec = restore_constraints(upper["spec"], upper["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION])
-    assert spec["affinity"]["podAffinity"] == {"added": "upstairs"}
+    assert "podAffinity" not in spec["affinity"]
+    assert spec["affinity"]["podAntiAffinity"] == full_pod()["spec"]["affinity"]["podAntiAffinity"]
     assert spec["affinity"]["nodeAffinity"][PREF] == full_pod()["spec"]["affinity"]["nodeAffinity"][PREF]
 
 
 def test_restore_replaces_required_affinity_added_upstairs() -> None:
-    # e.g. the descheduler's "kubernetes.io/hostname NotIn [vk]" on the recreated upper pod
+    # e.g. a descheduler's "kubernetes.io/hostname NotIn [vk]" on the recreated upper pod
     upper = mutated(make_pod({"nodeSelector": {"zone": "x"}}))
     upper["spec"]["affinity"] = required({"matchExpressions": [expr("kubernetes.io/hostname", "NotIn", "vk-a")]})
     spec = restore_constraints(upper["spec"], upper["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION])
-    assert spec.get("affinity") == {}
+    assert "affinity" not in spec
 
 
 def test_restore_of_empty_original_affinity() -> None:
@@ -662,9 +992,24 @@ TERM = st.fixed_dictionaries(
 REQUIRED = st.fixed_dictionaries({"nodeSelectorTerms": st.lists(TERM, min_size=1, max_size=3)})
 PREFERRED = st.lists(st.fixed_dictionaries({"weight": st.integers(1, 100), "preference": TERM}), max_size=2)
 NODE_AFFINITY = st.fixed_dictionaries({}, optional={REQ: st.none() | REQUIRED, PREF: PREFERRED})
-AFFINITY = st.fixed_dictionaries(
-    {}, optional={"nodeAffinity": st.none() | NODE_AFFINITY, "podAffinity": st.just({PREF: []})}
+TOPOLOGY_KEYS = st.sampled_from([HOSTNAME_LABEL, "topology.kubernetes.io/zone"])
+POD_TERM = st.builds(anti_affinity_term, TOPOLOGY_KEYS)
+POD_AFFINITY = st.fixed_dictionaries(
+    {},
+    optional={
+        REQ: st.lists(POD_TERM, max_size=3),
+        PREF: st.lists(st.builds(lambda w, t: {"weight": w, "podAffinityTerm": t}, st.integers(1, 100), POD_TERM)),
+    },
 )
+AFFINITY = st.fixed_dictionaries(
+    {},
+    optional={
+        "nodeAffinity": st.none() | NODE_AFFINITY,
+        "podAffinity": st.just({PREF: []}) | POD_AFFINITY,
+        "podAntiAffinity": POD_AFFINITY,
+    },
+)
+SPREAD_CONSTRAINT = st.builds(spread, TOPOLOGY_KEYS, st.sampled_from([None, "DoNotSchedule", "ScheduleAnyway"]))
 TOLERATION_KEYS = st.sampled_from(["", "gpu", "zone", NOT_READY_TAINT, UNREACHABLE_TAINT, PROVIDER_TAINT_KEY])
 TOLERATION = st.fixed_dictionaries(
     {},
@@ -676,19 +1021,25 @@ TOLERATION = st.fixed_dictionaries(
         "tolerationSeconds": st.none() | st.integers(-10, 10_000),
     },
 )
+# The ones DefaultTolerationSeconds adds (300 s) and their like.
+NODE_TOLERATION = st.builds(
+    lambda key, seconds: {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds},
+    st.sampled_from([NOT_READY_TAINT, UNREACHABLE_TAINT]),
+    st.sampled_from([300, 0, 7200]) | st.integers(0, 10_000),
+)
 SPEC = st.fixed_dictionaries(
     {"containers": st.just([{"name": "c"}])},
     optional={
         "nodeSelector": st.none() | st.dictionaries(KEYS, VALUES, max_size=4),
         "affinity": st.none() | AFFINITY,
-        "tolerations": st.none() | st.lists(TOLERATION, max_size=6),
+        "tolerations": st.none() | st.lists(TOLERATION | NODE_TOLERATION, max_size=6),
+        SPREAD: st.none() | st.lists(SPREAD_CONSTRAINT, max_size=3),
     },
 )
+IGNORE_KEYS = st.frozensets(st.sampled_from([CLUSTER_ID_LABEL, "zone", "disk", "region", "pool"]), max_size=3)
 OPTIONS = st.builds(
     MutateOptions,
-    ignore_selector_keys=st.sampled_from(
-        [frozenset({CLUSTER_ID_LABEL}), frozenset(), frozenset({CLUSTER_ID_LABEL, "zone"})]
-    ),
+    ignore_selector_keys=IGNORE_KEYS,
     add_virtual_node_selector=st.booleans(),
     add_unreachable_tolerations=st.booleans(),
     unreachable_toleration_seconds=st.none() | st.integers(0, 3600),
@@ -696,26 +1047,59 @@ OPTIONS = st.builds(
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def node_affinity_of(spec: dict) -> dict:
-    node_affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
-    return {k: v for k, v in node_affinity.items() if v is not None}
+def without_nulls(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if v is not None}
+
+
+def expected_lower_affinity(original: dict | None, upper_only: frozenset[str]) -> dict:
+    """The original affinity with the required node affinity on ``upper_only`` keys left out."""
+    affinity = dict(original or {})
+    node_affinity = without_nulls(affinity.pop("nodeAffinity", None) or {})
+    block = node_affinity.pop(REQ, None)
+    kept = None if block is None else filter_required(block, lambda key: key in upper_only, "test")
+    if kept is not None:
+        node_affinity[REQ] = kept
+    return {**affinity, "nodeAffinity": node_affinity}
+
+
+def lower_view(affinity: dict | None) -> dict:
+    affinity = dict(affinity or {})
+    return {**affinity, "nodeAffinity": without_nulls(affinity.pop("nodeAffinity", None) or {})}
+
+
+def assert_fits_a_virtual_node(upper_spec: dict, options: MutateOptions) -> None:
+    for key in upper_spec.get("nodeSelector") or {}:
+        assert key in options.ignore_selector_keys or key == VIRTUAL_NODE_TYPE_LABEL
+    terms = required_terms(upper_spec)
+    assert terms != []  # an empty nodeSelectorTerms list is invalid in Kubernetes
+    for term in terms or []:
+        for requirement in term.get("matchExpressions", []) + term.get("matchFields", []):
+            assert requirement["key"] in options.ignore_selector_keys
+    assert all(c.get("whenUnsatisfiable") == "ScheduleAnyway" for c in upper_spec.get(SPREAD) or [])
+    anti = ((upper_spec.get("affinity") or {}).get("podAntiAffinity") or {}).get(REQ) or []
+    assert all(term["topologyKey"] != HOSTNAME_LABEL for term in anti)
 
 
 @PROPERTY_SETTINGS
 @given(spec=SPEC, options=OPTIONS)
 def test_property_round_trip_restores_original_constraints(spec: dict, options: MutateOptions) -> None:
+    """The production pairing: the webhook's patch, then the virtual node's restore with its own keys."""
     view = apiserver_view(make_pod(spec))
     upper = apply(view, mutate_pod(view, options))
-    annotation = upper["metadata"]["annotations"][CLUSTER_SELECTOR_ANNOTATION]
-    restored = restore_constraints(upper["spec"], annotation, upper_only_keys=frozenset())
+    assert_fits_a_virtual_node(upper["spec"], options)
+    restored = restore_constraints(upper["spec"], annotation_of(upper), upper_only_keys=VIRTUAL_NODE_KEYS)
     original = view["spec"]
-    assert restored.get("nodeSelector") == original.get("nodeSelector")
+    upper_only = VIRTUAL_NODE_KEYS | options.ignore_selector_keys
+    selector = original.get("nodeSelector")
+    assert restored.get("nodeSelector") == (
+        None if selector is None else {k: v for k, v in selector.items() if k not in upper_only}
+    )
     expected_tolerations = original.get("tolerations")
     if expected_tolerations is not None:
         expected_tolerations = [t for t in expected_tolerations if t.get("key") != PROVIDER_TAINT_KEY]
     assert restored.get("tolerations") == expected_tolerations
-    assert node_affinity_of(restored) == node_affinity_of(original)
-    assert (restored.get("affinity") or {}).get("podAffinity") == (original.get("affinity") or {}).get("podAffinity")
+    assert lower_view(restored.get("affinity")) == expected_lower_affinity(original.get("affinity"), upper_only)
+    assert restored.get(SPREAD) == original.get(SPREAD)
     assert restored["containers"] == original["containers"]
 
 
@@ -727,13 +1111,7 @@ def test_property_upper_pod_fits_a_virtual_node(spec: dict, options: MutateOptio
     upper = apply(view, patch)
     assert mutate_pod(upper, options) == []  # idempotent
     upper_spec = upper["spec"]
-    for key in upper_spec.get("nodeSelector") or {}:
-        assert key in options.ignore_selector_keys or key == VIRTUAL_NODE_TYPE_LABEL
-    terms = required_terms(upper_spec)
-    assert terms != []  # an empty nodeSelectorTerms list is invalid in Kubernetes
-    for term in terms or []:
-        for requirement in term.get("matchExpressions", []) + term.get("matchFields", []):
-            assert requirement["key"] in options.ignore_selector_keys
+    assert_fits_a_virtual_node(upper_spec, options)
     tolerations = upper_spec["tolerations"]
     assert any(
         (t.get("key") or PROVIDER_TAINT_KEY) == PROVIDER_TAINT_KEY
@@ -753,11 +1131,68 @@ def test_property_upper_pod_fits_a_virtual_node(spec: dict, options: MutateOptio
     for op in patch:
         assert op["path"] in (
             "/metadata/annotations",
-            "/metadata/annotations/" + CLUSTER_SELECTOR_ANNOTATION,
+            CLUSTER_SELECTOR_PATH,
+            SIGNATURE_PATH,
             "/spec/nodeSelector",
             "/spec/affinity",
             "/spec/tolerations",
+            "/spec/" + SPREAD,
         )
+
+
+LATER = st.fixed_dictionaries(
+    {},
+    optional={
+        "nodeSelector": st.dictionaries(KEYS, VALUES, min_size=1, max_size=2),
+        "tolerations": st.lists(TOLERATION, min_size=1, max_size=2),
+        SPREAD: st.lists(SPREAD_CONSTRAINT, min_size=1, max_size=2),
+        "anti": st.lists(POD_TERM, min_size=1, max_size=2),
+        "required": REQUIRED,
+    },
+)
+
+
+def later_webhook(upper: dict, later: dict) -> dict:
+    """``upper`` after another webhook added ``later``'s constraints."""
+    pod = copy.deepcopy(upper)
+    spec = pod["spec"]
+    spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **later.get("nodeSelector", {})}
+    spec["tolerations"] = [*(spec.get("tolerations") or []), *later.get("tolerations", [])]
+    if later.get(SPREAD):
+        spec[SPREAD] = [*(spec.get(SPREAD) or []), *later[SPREAD]]
+    affinity = spec.setdefault("affinity", {})
+    if later.get("anti"):
+        anti = affinity.setdefault("podAntiAffinity", {})
+        anti[REQ] = [*(anti.get(REQ) or []), *later["anti"]]
+    if "required" in later:
+        affinity.setdefault("nodeAffinity", {})[REQ] = later["required"]
+    return pod
+
+
+@PROPERTY_SETTINGS
+@given(spec=SPEC, options=OPTIONS, later=LATER)
+def test_property_reinvocation_folds_what_a_later_webhook_added(
+    spec: dict, options: MutateOptions, later: dict
+) -> None:
+    view = apiserver_view(make_pod(spec))
+    upper = later_webhook(apply(view, mutate_pod(view, options)), later)
+    result = mutate(upper, options)
+    assert result.warnings == ()
+    again = apply(upper, result.patch)
+    assert mutate_pod(again, options) == []  # settled
+    assert_fits_a_virtual_node(again["spec"], options)
+    lower = restore_constraints(again["spec"], annotation_of(again), upper_only_keys=VIRTUAL_NODE_KEYS)
+    upper_only = VIRTUAL_NODE_KEYS | options.ignore_selector_keys
+    for key, value in later.get("nodeSelector", {}).items():
+        if key not in upper_only and not (key == VIRTUAL_NODE_TYPE_LABEL and value == VIRTUAL_NODE_TYPE_VALUE):
+            assert lower["nodeSelector"][key] == value
+    for toleration in later.get("tolerations", []):
+        if not is_virtual_node_toleration(toleration):  # those look like the webhook's own
+            assert toleration in lower["tolerations"]
+    for constraint in later.get(SPREAD, []):
+        assert constraint in lower[SPREAD]
+    for term in later.get("anti", []):
+        assert term in lower["affinity"]["podAntiAffinity"][REQ]
 
 
 def test_requirement_without_string_key_is_malformed() -> None:

@@ -10,8 +10,14 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tensile.conventions import CLUSTER_SELECTOR_ANNOTATION, KUBE_SYSTEM, VIRTUAL_POD_LABEL, VIRTUAL_POD_VALUE
-from webhook.mutate import MutateOptions, mutate_pod
+from tensile.conventions import (
+    CLUSTER_SELECTOR_ANNOTATION,
+    CLUSTER_SELECTOR_SIGNATURE_ANNOTATION,
+    KUBE_SYSTEM,
+    VIRTUAL_POD_LABEL,
+    VIRTUAL_POD_VALUE,
+)
+from webhook.mutate import REPLACED_WARNING, MutateOptions, mutate_pod
 from webhook.review import Decision, handle_review
 
 UID = "705ab4f5-6393-11e8-b7cc-42010a800002"
@@ -158,10 +164,45 @@ def test_kube_system_from_request_namespace_is_allowed_without_patch() -> None:
     assert_allowed_without_patch(*call(review(pod(namespace=None), namespace=KUBE_SYSTEM)))
 
 
+def mutated(obj: dict, options: MutateOptions | None = None) -> dict:
+    _, result = call(review(obj), options)
+    patch = decoded_patch(result)
+    assert patch[0]["path"] == "/metadata/annotations"  # the pods here have none
+    return {**obj, "metadata": {**obj["metadata"], "annotations": patch[0]["value"]}}
+
+
 def test_already_mutated_pod_is_allowed_without_patch() -> None:
+    options = MutateOptions(signing_key=b"x" * 32)
+    obj = mutated(pod(), options)
+    decisions: list[Decision] = []
+    status, result = handle_review(json.dumps(review(obj)).encode(), options, decisions)
+    assert_allowed_without_patch(status, result)
+    assert (decisions[0].action, decisions[0].reason) == ("skipped", "already mutated")
+
+
+def test_hand_written_cluster_selector_is_replaced_with_a_warning() -> None:
     obj = pod()
-    obj["metadata"]["annotations"] = {CLUSTER_SELECTOR_ANNOTATION: "{}"}
-    assert_allowed_without_patch(*call(review(obj)))
+    obj["metadata"]["annotations"] = {CLUSTER_SELECTOR_ANNOTATION: '{"nodeSelector": {"gpu": "a100"}}'}
+    decisions: list[Decision] = []
+    status, result = handle_review(json.dumps(review(obj)).encode(), MutateOptions(), decisions)
+    assert status == 200
+    assert result["response"]["warnings"] == [REPLACED_WARNING]
+    paths = {op["path"] for op in decoded_patch(result)}
+    assert {"/metadata/annotations/" + CLUSTER_SELECTOR_ANNOTATION} <= paths
+    assert "/metadata/annotations/tensile.io~1cluster-selector-signature" in paths
+    assert (decisions[0].action, decisions[0].reason) == ("patched", "replaced a hand-written clusterSelector")
+
+
+def test_annotation_signed_by_another_key_is_replaced() -> None:
+    obj = mutated(pod(), MutateOptions(signing_key=b"x" * 32))
+    assert CLUSTER_SELECTOR_SIGNATURE_ANNOTATION in obj["metadata"]["annotations"]
+    _, result = call(review(obj), MutateOptions(signing_key=b"y" * 32))
+    assert result["response"]["warnings"] == [REPLACED_WARNING]
+
+
+def test_no_warnings_field_without_warnings() -> None:
+    _, result = call(review())
+    assert "warnings" not in result["response"]
 
 
 def test_malformed_pod_is_a_bad_request() -> None:

@@ -21,9 +21,15 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from tensile.conventions import VIRTUAL_POD_LABEL, VIRTUAL_POD_VALUE
+from tensile.conventions import (
+    CLUSTER_SELECTOR_ANNOTATION,
+    CLUSTER_SELECTOR_SIGNATURE_ANNOTATION,
+    VIRTUAL_POD_LABEL,
+    VIRTUAL_POD_VALUE,
+)
+from webhook import signing
 from webhook.certs import CertPaths, generate
-from webhook.server import ServerOptions, start
+from webhook.server import ServerOptions, signing_key, start
 
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +140,48 @@ async def test_mutate_returns_a_patch(server: int, client: aiohttp.ClientSession
     assert body["response"]["allowed"] is True
     patch = json.loads(base64.b64decode(body["response"]["patch"]))
     assert {op["path"] for op in patch} >= {"/metadata/annotations", "/spec/nodeSelector", "/spec/tolerations"}
+
+
+async def _signed_annotations(port: int, client: aiohttp.ClientSession) -> dict[str, str]:
+    async with client.post(f"https://127.0.0.1:{port}/mutate", json=admission_review()) as response:
+        body = await response.json()
+    patch = json.loads(base64.b64decode(body["response"]["patch"]))
+    (annotations,) = [op["value"] for op in patch if op["path"] == "/metadata/annotations"]
+    assert isinstance(annotations, dict)
+    return annotations
+
+
+def _verifies(key: bytes, annotations: dict[str, str]) -> bool:
+    value, signature = annotations[CLUSTER_SELECTOR_ANNOTATION], annotations[CLUSTER_SELECTOR_SIGNATURE_ANNOTATION]
+    return signing.verify(key, "default", value, signature)
+
+
+async def test_signing_key_is_derived_from_the_serving_key(
+    server: int, client: aiohttp.ClientSession, certs: CertPaths
+) -> None:
+    annotations = await _signed_annotations(server, client)
+    assert _verifies(signing.derive_key(certs.tls_key.read_bytes()), annotations)
+    options = ServerOptions(tls_cert_file=certs.tls_cert, tls_key_file=certs.tls_key)
+    assert signing_key(options) == signing.derive_key(certs.tls_key.read_bytes())
+    assert signing_key(options) != certs.tls_key.read_bytes()
+
+
+async def test_signing_key_file_overrides_the_serving_key(
+    certs: CertPaths, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    secret = tmp_path / "signing"
+    secret.write_bytes(b"s" * 64)
+    options = ServerOptions(
+        tls_cert_file=certs.tls_cert, tls_key_file=certs.tls_key, port=0, bind_address="127.0.0.1",
+        signing_key_file=secret,
+    )
+    runner, port = await asyncio.wait_for(start(options), 10)
+    try:
+        annotations = await _signed_annotations(port, client)
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 15)
+    assert _verifies(signing.derive_key(b"s" * 64), annotations)
+    assert not _verifies(signing.derive_key(certs.tls_key.read_bytes()), annotations)
 
 
 async def test_bad_review_returns_400(server: int, client: aiohttp.ClientSession) -> None:

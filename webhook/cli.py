@@ -4,7 +4,8 @@ Three forms share one subcommand so a deployment needs one binary:
 
 - ``tensile webhook --port 8443 --tls-cert-file F --tls-key-file F`` serves (the default);
 - ``tensile webhook certs DIR --host IP --dns NAME`` writes a CA and a serving certificate;
-- ``tensile webhook install (--url URL | --service NS/NAME[:PORT]) --ca-file F`` registers it.
+- ``tensile webhook install (--url URL | --service NS/NAME[:PORT]) --ca-file F`` registers it, with
+  the ValidatingAdmissionPolicy that keeps its annotations from being edited afterwards.
 
 Bad input ends with a one-line error and exit code 2, never a stack trace.
 """
@@ -84,6 +85,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--tls-cert-file", type=Path, help="serving certificate (PEM), required to serve")
     serve.add_argument("--tls-key-file", type=Path, help="serving key (PEM), required to serve")
     serve.add_argument(
+        "--signing-key-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="secret (at least 32 bytes, the same for every replica) the clusterSelector signing key is "
+        "derived from (default: --tls-key-file)",
+    )
+    serve.add_argument(
         "--ignore-selector-keys",
         type=_keys,
         default=frozenset({CLUSTER_ID_LABEL}),
@@ -134,8 +143,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     install = commands.add_parser(
         "install",
-        help="create or update the MutatingWebhookConfiguration",
-        description="Create or update the MutatingWebhookConfiguration in the upper cluster.",
+        help="create or update the MutatingWebhookConfiguration and its ValidatingAdmissionPolicy",
+        description="Create or update, in the upper cluster, the MutatingWebhookConfiguration and a "
+        "ValidatingAdmissionPolicy (with its binding, same name) that forbids changing the clusterSelector "
+        "annotations of existing pods.",
     )
     install.add_argument("--kubeconfig", type=Path, default=None, help="upper cluster (default: $KUBECONFIG)")
     target = install.add_mutually_exclusive_group(required=True)
@@ -145,7 +156,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     install.add_argument("--name", default=None, help="configuration name (default tensile-webhook)")
     install.add_argument("--failure-policy", choices=("Fail", "Ignore"), default="Fail", help="default Fail")
     install.add_argument("--timeout-seconds", type=int, default=10, help="per-call timeout, 1-30 (default 10)")
-    install.add_argument("--dry-run", action="store_true", help="print the configuration as JSON, change nothing")
+    install.add_argument("--dry-run", action="store_true", help="print the objects as a JSON List, change nothing")
     install.set_defaults(func=_run_install)
     _add_logging_flags(install, argparse.SUPPRESS)
 
@@ -172,30 +183,36 @@ def _run_serve(args: argparse.Namespace) -> int:
     import ssl
 
     from webhook.mutate import MutateOptions
-    from webhook.server import ServerOptions, serve, ssl_context
+    from webhook.server import ServerOptions, serve, signing_key, ssl_context
 
     _setup_logging(args)
     try:
         cert = _readable(args.tls_cert_file, "--tls-cert-file")
         key = _readable(args.tls_key_file, "--tls-key-file")
+        signing_file = None if args.signing_key_file is None else _readable(args.signing_key_file, "--signing-key-file")
         try:
             ssl_context(cert, key)  # fail here with a clear message rather than inside the event loop
         except (ssl.SSLError, OSError) as exc:
             raise _UsageError(f"cannot load the TLS certificate/key: {exc}") from exc
+        options = ServerOptions(
+            tls_cert_file=cert,
+            tls_key_file=key,
+            port=args.port,
+            bind_address=args.bind_address,
+            signing_key_file=signing_file,
+            mutate=MutateOptions(
+                ignore_selector_keys=args.ignore_selector_keys,
+                add_virtual_node_selector=args.virtual_node_selector,
+                add_unreachable_tolerations=args.unreachable_tolerations,
+                unreachable_toleration_seconds=args.unreachable_toleration_seconds,
+            ),
+        )
+        try:
+            signing_key(options)
+        except (ValueError, OSError) as exc:
+            raise _UsageError(f"cannot derive the signing key from {signing_file or key}: {exc}") from exc
     except _UsageError as exc:
         return _fail(str(exc))
-    options = ServerOptions(
-        tls_cert_file=cert,
-        tls_key_file=key,
-        port=args.port,
-        bind_address=args.bind_address,
-        mutate=MutateOptions(
-            ignore_selector_keys=args.ignore_selector_keys,
-            add_virtual_node_selector=args.virtual_node_selector,
-            add_unreachable_tolerations=args.unreachable_tolerations,
-            unreachable_toleration_seconds=args.unreachable_toleration_seconds,
-        ),
-    )
     try:
         asyncio.run(serve(options))
     except OSError as exc:  # e.g. address already in use
@@ -225,15 +242,16 @@ def _run_certs(args: argparse.Namespace) -> int:
 def _run_install(args: argparse.Namespace) -> int:
     import json
 
-    from webhook.install import DEFAULT_NAME, ensure_configuration, parse_service, webhook_configuration
+    from webhook.install import DEFAULT_NAME, ensure_configurations, manifests, parse_service
 
     _setup_logging(args)
+    name = args.name or DEFAULT_NAME
     try:
         ca_file = _readable(args.ca_file, "--ca-file")
         try:
             service = parse_service(args.service) if args.service else None
-            manifest = webhook_configuration(
-                args.name or DEFAULT_NAME,
+            objects = manifests(
+                name,
                 url=args.url,
                 service=service,
                 ca_bundle_pem=ca_file.read_bytes(),
@@ -247,13 +265,14 @@ def _run_install(args: argparse.Namespace) -> int:
     except _UsageError as exc:
         return _fail(str(exc))
     if args.dry_run:
-        print(json.dumps(manifest, indent=2))
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
         return 0
     try:
-        action = ensure_configuration(args.kubeconfig, manifest)
+        actions = ensure_configurations(args.kubeconfig, objects)
     except Exception as exc:  # noqa: BLE001 - any client/config error becomes one line, not a traceback
-        return _fail(f"cannot install {manifest['metadata']['name']}: {_one_line(exc)}", 1)
-    print(f"mutatingwebhookconfiguration/{manifest['metadata']['name']} {action}")
+        return _fail(f"cannot install {name}: {_one_line(exc)}", 1)
+    for manifest, action in zip(objects, actions, strict=True):
+        print(f"{manifest['kind'].lower()}/{manifest['metadata']['name']} {action}")
     return 0
 
 

@@ -1,8 +1,10 @@
 """Register the webhook with the upper cluster's kube-apiserver.
 
-:func:`webhook_configuration` builds the ``MutatingWebhookConfiguration`` as a plain dict (pure,
-unit-tested, printable with ``--dry-run``); :func:`ensure_configuration` creates it or replaces the
-existing one, so ``tensile webhook install`` can be re-run after rotating certificates.
+:func:`manifests` builds, as plain dicts (pure, unit-tested, printable with ``--dry-run``), the
+``MutatingWebhookConfiguration`` (:func:`webhook_configuration`) and a ``ValidatingAdmissionPolicy``
+with its binding (:func:`update_policy`, :func:`update_policy_binding`), all with the same name.
+:func:`ensure_configurations` creates them or replaces the existing ones, so ``tensile webhook
+install`` can be re-run after rotating certificates.
 
 Choices baked into the configuration:
 
@@ -12,10 +14,15 @@ Choices baked into the configuration:
   create is refused with an error the user (or the controller's retry) sees and retries. The scope
   is narrow (pod CREATEs labelled ``virtual-pod=true``, never kube-system), so an outage cannot
   block system pods. ``--failure-policy Ignore`` is available for those who prefer availability.
-- ``reinvocationPolicy: IfNeeded``: the mutation is idempotent (a pod that already carries the
-  ``clusterSelector`` annotation is left alone), so being called again after another webhook
-  changed the pod is safe and cheap.
+- ``reinvocationPolicy: IfNeeded``: on a second call the webhook recognises its own annotation by
+  its signature, folds in what a later webhook added (so that webhook's lower-node constraints do
+  not strand the pod upstairs) and otherwise changes nothing.
 - ``sideEffects: None`` (the webhook only computes a patch), so dry-run requests work.
+- The webhook sees pod CREATEs only, so on its own it could not stop a later UPDATE from editing
+  ``clusterSelector`` (annotations are mutable) and steering the lower copy. The policy denies every
+  pod UPDATE that adds, changes or removes that annotation or its signature. It is a
+  ValidatingAdmissionPolicy (GA in Kubernetes 1.30): CEL inside the apiserver, so the webhook
+  process needs no UPDATE traffic and an outage of it cannot block pod updates.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from urllib.parse import urlsplit
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from tensile.conventions import (
+    CLUSTER_SELECTOR_ANNOTATION,
+    CLUSTER_SELECTOR_SIGNATURE_ANNOTATION,
     KUBE_SYSTEM,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
@@ -41,18 +50,23 @@ from tensile.conventions import (
 )
 
 __all__ = [
+    "ANNOTATIONS_UNCHANGED",
     "DEFAULT_NAME",
     "FAILURE_POLICIES",
     "ServiceRef",
     "ensure_configuration",
+    "ensure_configurations",
+    "manifests",
     "parse_service",
+    "update_policy",
+    "update_policy_binding",
     "webhook_configuration",
 ]
 
 DEFAULT_NAME = "tensile-webhook"
 FAILURE_POLICIES = ("Fail", "Ignore")
 MUTATE_PATH = "/mutate"
-#: Label the apiserver puts on every Namespace (Kubernetes >= 1.21).
+API_VERSION = "admissionregistration.k8s.io/v1"
 
 JSONObject = dict[str, Any]
 
@@ -131,7 +145,7 @@ def webhook_configuration(
     # A webhook's name must be a domain with at least three segments.
     webhook_name = name if name.count(".") >= 2 else f"{name}.pods.{PREFIX.rstrip('/')}"
     return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
+        "apiVersion": API_VERSION,
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name, "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
         "webhooks": [
@@ -162,6 +176,91 @@ def webhook_configuration(
     }
 
 
+def _annotations_unchanged(keys: tuple[str, ...]) -> str:
+    """CEL, true when the update leaves each annotation in ``keys`` as it was (absent stays absent).
+
+    ``has()`` guards every access, so pods without annotations evaluate without error; CEL's ``&&``
+    is false as soon as one side is, whatever the other side's error.
+    """
+
+    def present(obj: str) -> str:
+        return f"(has({obj}.metadata.annotations) && k in {obj}.metadata.annotations)"
+
+    listed = ", ".join(f"'{key}'" for key in keys)
+    same = "oldObject.metadata.annotations[k] == object.metadata.annotations[k]"
+    return f"[{listed}].all(k, {present('object')} ? ({present('oldObject')} && {same}) : !{present('oldObject')})"
+
+
+#: The policy's validation: the webhook's annotations are never edited after creation.
+ANNOTATIONS_UNCHANGED = _annotations_unchanged((CLUSTER_SELECTOR_ANNOTATION, CLUSTER_SELECTOR_SIGNATURE_ANNOTATION))
+
+
+def update_policy(name: str = DEFAULT_NAME) -> JSONObject:
+    """The ValidatingAdmissionPolicy that denies pod UPDATEs touching the clusterSelector annotations.
+
+    It matches every pod, labelled or not, and ``pods/status`` too (status updates may change a pod's
+    metadata). ``failurePolicy: Fail``: an error in the policy must not open the hole it closes.
+    """
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["UPDATE"],
+                        "resources": ["pods", "pods/status"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": ANNOTATIONS_UNCHANGED,
+                    "message": f"the {CLUSTER_SELECTOR_ANNOTATION} and {CLUSTER_SELECTOR_SIGNATURE_ANNOTATION} "
+                    "annotations are set by the tensile webhook when a pod is created and cannot be changed",
+                    "reason": "Forbidden",
+                }
+            ],
+        },
+    }
+
+
+def update_policy_binding(name: str = DEFAULT_NAME) -> JSONObject:
+    """The binding that puts :func:`update_policy` (of the same name) in force, denying violations."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+
+
+def manifests(
+    name: str = DEFAULT_NAME,
+    *,
+    url: str | None = None,
+    service: ServiceRef | None = None,
+    ca_bundle_pem: bytes,
+    failure_policy: str = "Fail",
+    timeout_seconds: int = 10,
+) -> list[JSONObject]:
+    """Everything ``install`` creates, in creation order: :func:`webhook_configuration` (given the
+    same arguments), then :func:`update_policy` and its binding."""
+    webhook = webhook_configuration(
+        name,
+        url=url,
+        service=service,
+        ca_bundle_pem=ca_bundle_pem,
+        failure_policy=failure_policy,
+        timeout_seconds=timeout_seconds,
+    )
+    return [webhook, update_policy(name), update_policy_binding(name)]
+
+
 def _api_client(kubeconfig: str | os.PathLike[str] | None) -> Any:
     from kubernetes import client
     from kubernetes import config as kube_config
@@ -178,41 +277,62 @@ def _api_client(kubeconfig: str | os.PathLike[str] | None) -> Any:
 _sleep = time.sleep
 
 
+#: The AdmissionregistrationV1Api method suffix of each kind ``install`` manages.
+_API_NAMES = {
+    "MutatingWebhookConfiguration": "mutating_webhook_configuration",
+    "ValidatingAdmissionPolicy": "validating_admission_policy",
+    "ValidatingAdmissionPolicyBinding": "validating_admission_policy_binding",
+}
+
+
 def ensure_configuration(kubeconfig: str | os.PathLike[str] | None, manifest: JSONObject, attempts: int = 5) -> str:
-    """Create the MutatingWebhookConfiguration, or replace it if it exists.
+    """Create one object of :func:`manifests`, or replace it if it exists; ``"created"`` or ``"updated"``."""
+    return ensure_configurations(kubeconfig, [manifest], attempts)[0]
+
+
+def ensure_configurations(
+    kubeconfig: str | os.PathLike[str] | None, objects: list[JSONObject], attempts: int = 5
+) -> list[str]:
+    """Create each of ``objects`` (from :func:`manifests`) in order, or replace it if it exists.
 
     ``kubeconfig`` ``None`` means ``$KUBECONFIG`` / ``~/.kube/config`` (or the in-cluster config
-    inside a Pod). Returns ``"created"`` or ``"updated"``. Raises
+    inside a Pod). Returns ``"created"`` or ``"updated"`` per object. Raises
     ``kubernetes.client.exceptions.ApiException`` on API errors other than a lost update race, which
-    is retried up to ``attempts`` times.
+    is retried up to ``attempts`` times per object.
     """
     from kubernetes import client
+
+    api_client = _api_client(kubeconfig)
+    try:
+        api: Any = client.AdmissionregistrationV1Api(api_client)  # given plain dicts, not model classes
+        return [_ensure(api, manifest, attempts) for manifest in objects]
+    finally:
+        api_client.close()
+
+
+def _ensure(api: Any, manifest: JSONObject, attempts: int) -> str:
     from kubernetes.client.exceptions import ApiException
 
     name = manifest["metadata"]["name"]
-    api_client = _api_client(kubeconfig)
-    api: Any = client.AdmissionregistrationV1Api(api_client)  # given plain dicts, not model classes
+    suffix = _API_NAMES[manifest["kind"]]
 
     def create_or_replace() -> str:
         try:
-            api.create_mutating_webhook_configuration(body=manifest)
+            getattr(api, f"create_{suffix}")(body=manifest)
             return "created"
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        existing = api.read_mutating_webhook_configuration(name)
+        existing = getattr(api, f"read_{suffix}")(name)
         body = copy.deepcopy(manifest)
         body["metadata"]["resourceVersion"] = existing.metadata.resource_version
-        api.replace_mutating_webhook_configuration(name, body=body)
+        getattr(api, f"replace_{suffix}")(name, body=body)
         return "updated"
 
     # 409: changed since we read it; 404: deleted since we read it. Both are races worth another try.
     lost_race = retry_if_exception(lambda e: isinstance(e, ApiException) and e.status in (404, 409))
-    try:
-        result: str = Retrying(
-            stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.2, max=2.0),
-            retry=lost_race, reraise=True, sleep=_sleep,
-        )(create_or_replace)
-        return result
-    finally:
-        api_client.close()
+    result: str = Retrying(
+        stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.2, max=2.0),
+        retry=lost_race, reraise=True, sleep=_sleep,
+    )(create_or_replace)
+    return result

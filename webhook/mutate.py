@@ -1,12 +1,19 @@
 """Move a pod's lower-node constraints aside so the upper scheduler can place it on a virtual node.
 
 A pod meant for a lower cluster says which *lower* nodes it wants (nodeSelector, required node
-affinity) and which *lower* taints it tolerates. The upper scheduler only sees virtual nodes, which
-carry none of those labels, so such a pod would stay Pending upstairs. The admission webhook calls
-:func:`mutate_pod` to save the original constraints in the ``clusterSelector`` annotation (Tensile
-Kube's format) and relax them; the virtual node calls
-``tensile.cluster_selector.restore_constraints`` to put them back on
-the lower copy, where the lower scheduler honours them.
+affinity, spreading over hosts, one replica per host) and which *lower* taints it tolerates. The
+upper scheduler only sees virtual nodes, which carry none of those labels and each stand for a whole
+cluster, so such a pod would stay Pending upstairs. The admission webhook calls :func:`mutate` to
+save the original constraints in the ``clusterSelector`` annotation (Tensile Kube's format, see
+``tensile.cluster_selector``) and relax them; the virtual node calls
+``tensile.cluster_selector.restore_constraints`` to put them back on the lower copy, where the lower
+scheduler honours them.
+
+The annotation is the webhook's, not the pod author's: it is signed (``webhook.signing``), and one
+that does not verify is replaced, with an admission warning, so nobody can place constraints on the
+lower copy that upper admission never saw. A verified one comes from an earlier call for the same
+admission (``reinvocationPolicy: IfNeeded``); what a later webhook added since is folded into it
+(``webhook.reinvocation``).
 
 This module is pure: plain dicts in (pods decoded from JSON), plain dicts out, no I/O and no
 Kubernetes client, so it can be tested exhaustively.
@@ -15,21 +22,29 @@ Kubernetes client, so it can be tested exhaustively.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from typing import Any
 
 from tensile import cluster_selector
 from tensile.cluster_selector import (
     REQUIRED,
+    SPREAD_FIELD,
     MalformedPodError,
+    SavedConstraints,
     as_object,
-    as_tolerations,
+    as_objects,
+    covers,
     filter_required,
     required_of,
+    tolerates,
+    with_items,
     with_required,
 )
 from tensile.conventions import (
     CLUSTER_ID_LABEL,
     CLUSTER_SELECTOR_ANNOTATION,
+    CLUSTER_SELECTOR_SIGNATURE_ANNOTATION,
+    HOSTNAME_LABEL,
     KUBE_SYSTEM,
     NOT_READY_TAINT,
     PROVIDER_TAINT_EFFECT,
@@ -41,32 +56,50 @@ from tensile.conventions import (
     VIRTUAL_POD_LABEL,
     VIRTUAL_POD_VALUE,
 )
+from webhook import reinvocation, signing
 
 __all__ = [
+    "REPLACED_WARNING",
     "JSONPatch",
     "MalformedPodError",
     "MutateOptions",
+    "Mutation",
     "is_opted_in",
+    "mutate",
     "mutate_pod",
     "pointer_escape",
+    "upper_constraints",
 ]
 
 JSONObject = dict[str, Any]
 JSONPatch = list[JSONObject]
 
-_REQUIRED = REQUIRED
 _NO_EXECUTE = "NoExecute"
 _EXISTS = "Exists"
-_EQUAL = "Equal"
+_SCHEDULE_ANYWAY = "ScheduleAnyway"
+#: The pod spec fields the webhook rewrites, in patch order.
+_UPPER_FIELDS = ("nodeSelector", "affinity", "tolerations", SPREAD_FIELD)
+
+#: Shown by kubectl when a pod came with its own clusterSelector.
+REPLACED_WARNING = (
+    f"the {CLUSTER_SELECTOR_ANNOTATION} annotation is written by the tensile webhook: "
+    "the one in this pod was replaced with the pod's own scheduling constraints"
+)
+
+
+#: The default signing key: random per process, so a default can never be forged, and every
+#: default-constructed MutateOptions of a process agrees with the others.
+_PROCESS_KEY = secrets.token_bytes(32)
 
 
 @dataclasses.dataclass(frozen=True)
 class MutateOptions:
-    """How :func:`mutate_pod` relaxes a pod.
+    """How :func:`mutate` relaxes a pod.
 
     ``ignore_selector_keys`` are node-label keys that describe *virtual* nodes (by default
     ``clusterID``), so nodeSelector entries and required node-affinity requirements on them are kept
-    on the upper pod: that is how a user pins a pod to one lower cluster.
+    on the upper pod: that is how a user pins a pod to one lower cluster. They are recorded in the
+    annotation, so the virtual node leaves them out of the lower copy.
 
     ``unreachable_toleration_seconds`` bounds the NoExecute tolerations added for the not-ready and
     unreachable taints. The default ``None`` tolerates them forever, as Tensile Kube does: a virtual
@@ -74,12 +107,30 @@ class MutateOptions:
     died, and evicting the upper pod would delete and recreate running work in the lower cluster.
     Real lower-node failures are still handled by the lower cluster, because the lower copy carries
     the user's original tolerations.
+
+    ``signing_key`` signs the annotation (``webhook.signing``). The server always passes the key it
+    derives from its serving key, which every replica shares. The default, random per process, suits
+    tests and can never be forged, but no other process verifies its signatures.
     """
 
     ignore_selector_keys: frozenset[str] = frozenset({CLUSTER_ID_LABEL})
     add_virtual_node_selector: bool = True
     add_unreachable_tolerations: bool = True
     unreachable_toleration_seconds: int | None = None
+    signing_key: bytes = dataclasses.field(default=_PROCESS_KEY, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    """The webhook's answer for one pod.
+
+    ``patch`` is the RFC 6902 JSON patch (``[]``: no change), ``warnings`` the admission warnings
+    kubectl shows, and ``reason`` a short note for the log line (``""`` for a plain first mutation).
+    """
+
+    patch: JSONPatch = dataclasses.field(default_factory=list)
+    warnings: tuple[str, ...] = ()
+    reason: str = ""
 
 
 # --- small helpers --------------------------------------------------------------------------------
@@ -88,28 +139,6 @@ class MutateOptions:
 def pointer_escape(token: str) -> str:
     """Escape one JSON-Pointer reference token (RFC 6901): ``~`` -> ``~0``, ``/`` -> ``~1``."""
     return token.replace("~", "~0").replace("/", "~1")
-
-
-
-
-
-
-
-
-def _tolerates(toleration: JSONObject, key: str, value: str, effect: str) -> bool:
-    """Kubernetes' ``Toleration.ToleratesTaint`` on plain dicts."""
-    t_effect = toleration.get("effect") or ""
-    if t_effect and t_effect != effect:
-        return False
-    t_key = toleration.get("key") or ""
-    if t_key and t_key != key:
-        return False
-    operator = toleration.get("operator") or _EQUAL
-    if operator == _EXISTS:
-        return True
-    if operator == _EQUAL:
-        return (toleration.get("value") or "") == value
-    return False
 
 
 def _lasts_at_least(toleration: JSONObject, seconds: int | None) -> bool:
@@ -129,15 +158,27 @@ def is_opted_in(pod: JSONObject) -> bool:
     return isinstance(labels, dict) and labels.get(VIRTUAL_POD_LABEL) == VIRTUAL_POD_VALUE
 
 
+def _set(path: str, value: Any) -> JSONObject:
+    # "add" creates the member or replaces it (RFC 6902 4.1), so it is valid whether or not the
+    # apiserver's serialisation has the field (it omits empty maps and lists).
+    return {"op": "add", "path": path, "value": value}
 
 
+# --- the relaxation ---------------------------------------------------------------------------------
 
 
+def upper_constraints(saved: SavedConstraints, options: MutateOptions) -> JSONObject:
+    """The upper pod's scheduling fields for the original constraints ``saved``.
 
-
-
-
-# --- the mutation ---------------------------------------------------------------------------------
+    A partial pod spec holding only the fields that are set (an empty field is left out).
+    """
+    fields = {
+        "nodeSelector": _relaxed_node_selector(saved.node_selector, options),
+        "affinity": _relaxed_affinity(saved.affinity, options.ignore_selector_keys),
+        "tolerations": _upper_tolerations(saved.tolerations or [], options),
+        SPREAD_FIELD: [c for c in saved.topology_spread_constraints or [] if not _is_required_spread(c)],
+    }
+    return {field: value for field, value in fields.items() if value}
 
 
 def _relaxed_node_selector(selector: JSONObject | None, options: MutateOptions) -> JSONObject:
@@ -147,6 +188,46 @@ def _relaxed_node_selector(selector: JSONObject | None, options: MutateOptions) 
     return kept
 
 
+def _relaxed_affinity(affinity: JSONObject | None, keep_keys: frozenset[str]) -> JSONObject | None:
+    """``affinity`` without required node affinity on lower-node labels and hostname anti-affinity.
+
+    Returns ``affinity`` itself when nothing changed, so an unchanged field is never patched.
+    """
+    if affinity is None:
+        return None
+    where = "spec.affinity"
+    relaxed = affinity
+    required = required_of(affinity, where)
+    if required is not None:
+        new_required = filter_required(required, lambda key: key not in keep_keys, f"{where}.nodeAffinity.{REQUIRED}")
+        if new_required is not required:
+            relaxed = with_required(relaxed, new_required, keep_empty=False)
+    return _without_host_anti_affinity(relaxed, where)
+
+
+def _without_host_anti_affinity(affinity: JSONObject, where: str) -> JSONObject:
+    """``affinity`` without the required pod anti-affinity terms whose topology is the host.
+
+    Such a term means one replica per host. A virtual node is a whole cluster with one hostname, so
+    upstairs it would mean one replica per cluster: a typical production Deployment would never fit.
+    The lower copy gets the terms back and the lower scheduler spreads over real hosts. Terms on
+    other topologies (zones) stay: virtual nodes can carry those labels.
+    """
+    anti_where = f"{where}.podAntiAffinity"
+    anti = as_object(affinity.get("podAntiAffinity"), anti_where)
+    terms = (as_objects(anti.get(REQUIRED), f"{anti_where}.{REQUIRED}") if anti else None) or []
+    kept = [term for term in terms if term.get("topologyKey") != HOSTNAME_LABEL]
+    if len(kept) == len(terms):
+        return affinity
+    return with_items(affinity, "podAntiAffinity", REQUIRED, kept)
+
+
+def _is_required_spread(constraint: JSONObject) -> bool:
+    """A ``DoNotSchedule`` spread constraint (the default): it filters nodes, so upstairs it filters
+    out virtual nodes, which hold a whole cluster. ``ScheduleAnyway`` only scores, so it stays."""
+    return constraint.get("whenUnsatisfiable") != _SCHEDULE_ANYWAY
+
+
 def _upper_tolerations(original: list[JSONObject], options: MutateOptions) -> list[JSONObject]:
     """The user's tolerations plus the ones a pod needs to run on a virtual node.
 
@@ -154,7 +235,8 @@ def _upper_tolerations(original: list[JSONObject], options: MutateOptions) -> li
     NoExecute toleration of the not-ready/unreachable taints that is shorter than ours (normally the
     300 s ones the DefaultTolerationSeconds admission plugin adds before webhooks run): the taint
     manager evicts after the shortest matching toleration, so keeping it would defeat ours. The
-    originals are still restored on the lower copy from the annotation.
+    originals are still restored on the lower copy from the annotation: ours covers each one removed
+    (``cluster_selector.covers``), which the virtual node checks before restoring it.
     """
     seconds = options.unreachable_toleration_seconds
     node_taints = (NOT_READY_TAINT, UNREACHABLE_TAINT) if options.add_unreachable_tolerations else ()
@@ -168,89 +250,143 @@ def _upper_tolerations(original: list[JSONObject], options: MutateOptions) -> li
             and not _lasts_at_least(t, seconds)
         )
     ]
-    if not any(_tolerates(t, PROVIDER_TAINT_KEY, PROVIDER_TAINT_VALUE, PROVIDER_TAINT_EFFECT) for t in result):
+    if not any(tolerates(t, PROVIDER_TAINT_KEY, PROVIDER_TAINT_VALUE, PROVIDER_TAINT_EFFECT) for t in result):
         result.append({"key": PROVIDER_TAINT_KEY, "operator": _EXISTS, "effect": PROVIDER_TAINT_EFFECT})
     for taint in node_taints:
-        if any(_tolerates(t, taint, "", _NO_EXECUTE) and _lasts_at_least(t, seconds) for t in result):
-            continue
-        toleration: JSONObject = {"key": taint, "operator": _EXISTS, "effect": _NO_EXECUTE}
+        ours: JSONObject = {"key": taint, "operator": _EXISTS, "effect": _NO_EXECUTE}
         if seconds is not None:
-            toleration["tolerationSeconds"] = seconds
-        result.append(toleration)
+            ours["tolerationSeconds"] = seconds
+        if not any(covers(t, ours) for t in result):
+            result.append(ours)
     return result
 
 
-def _set(path: str, value: Any) -> JSONObject:
-    # "add" creates the member or replaces it (RFC 6902 4.1), so it is valid whether or not the
-    # apiserver's serialisation has the field (it omits empty maps and lists).
-    return {"op": "add", "path": path, "value": value}
-
-
+# --- the mutation ---------------------------------------------------------------------------------
 
 
 def mutate_pod(pod: JSONObject, options: MutateOptions | None = None, *, namespace: str | None = None) -> JSONPatch:
-    """The RFC 6902 JSON patch that lets an opted-in pod schedule onto a virtual node.
+    """The JSON patch of :func:`mutate`, for callers that do not need the warnings."""
+    return mutate(pod, options, namespace=namespace).patch
 
-    Returns ``[]`` (no change) when the pod is not labelled ``virtual-pod=true``, lives in
-    ``kube-system``, or already carries the ``clusterSelector`` annotation. The last rule makes the
-    mutation idempotent, so the webhook is safe with ``reinvocationPolicy: IfNeeded``.
+
+def mutate(pod: JSONObject, options: MutateOptions | None = None, *, namespace: str | None = None) -> Mutation:
+    """The RFC 6902 JSON patch, and admission warnings, that let an opted-in pod schedule onto a virtual node.
+
+    No change when the pod is not labelled ``virtual-pod=true`` or lives in ``kube-system``.
+    Otherwise the originals are the pod's own constraints, or, when the pod carries a
+    ``clusterSelector`` annotation whose signature verifies (an earlier call for the same admission,
+    or a pod copied from one in the same namespace), the saved ones plus whatever was added to the
+    pod since. A hand-written annotation is ignored and replaced, with :data:`REPLACED_WARNING`. A
+    verified annotation with nothing added since means no change, so the webhook is idempotent and
+    safe with ``reinvocationPolicy: IfNeeded``.
 
     ``namespace`` is the request's namespace, used when the object itself has none.
 
     Raises :class:`MalformedPodError` (a ``ValueError``) when a field has the wrong JSON type.
     """
     options = options or MutateOptions()
+    target = _target(pod, namespace)
+    if target is None:
+        return Mutation()
+    annotations, spec, pod_namespace = target
+    base = _base(annotations or {}, spec, pod_namespace, options)
+    if base is None:
+        return Mutation()
+    patch = _annotation_ops(annotations, _signed(base.saved, pod_namespace, options))
+    patch += _spec_ops(spec, upper_constraints(base.saved, options), base.fields)
+    return Mutation(patch, base.warnings, base.reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Base:
+    """The originals a mutation relaxes, which spec fields it rewrites, and how they were found."""
+
+    saved: SavedConstraints
+    fields: tuple[str, ...] = _UPPER_FIELDS
+    warnings: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def _target(pod: JSONObject, request_namespace: str | None) -> tuple[JSONObject | None, JSONObject, str] | None:
+    """``(annotations, spec, namespace)`` of a pod the webhook mutates; ``None`` for one it leaves alone."""
     if not isinstance(pod, dict):
         raise MalformedPodError("pod must be an object")
     if not is_opted_in(pod):
-        return []
+        return None
     metadata: JSONObject = pod["metadata"]
     annotations = as_object(metadata.get("annotations"), "metadata.annotations")
-    pod_namespace = metadata.get("namespace") or namespace
-    if pod_namespace == KUBE_SYSTEM or (annotations is not None and CLUSTER_SELECTOR_ANNOTATION in annotations):
-        return []
+    namespace = _namespace_of(metadata, request_namespace)
+    if namespace == KUBE_SYSTEM:
+        return None
     spec = as_object(pod.get("spec"), "spec")
     if spec is None:
         raise MalformedPodError("pod has no spec")
-    node_selector = as_object(spec.get("nodeSelector"), "spec.nodeSelector")
-    affinity = as_object(spec.get("affinity"), "spec.affinity")
-    tolerations = as_tolerations(spec.get("tolerations"), "spec.tolerations") or []
-    saved = cluster_selector.encode(spec)
+    return annotations, spec, namespace
 
+
+def _base(annotations: JSONObject, spec: JSONObject, namespace: str, options: MutateOptions) -> _Base | None:
+    """The originals: from our own annotation when its signature verifies, else from the spec.
+
+    ``None`` when our annotation is there and nothing was added since: nothing to do.
+    """
+    existing = annotations.get(CLUSTER_SELECTOR_ANNOTATION)
+    signature = annotations.get(CLUSTER_SELECTOR_SIGNATURE_ANNOTATION)
+    if signing.verify(options.signing_key, namespace, existing, signature):
+        return _folded(cluster_selector.parse(existing), spec, options)
+    saved = SavedConstraints.from_spec(spec, options.ignore_selector_keys)
+    if existing is None:
+        return _Base(saved)
+    return _Base(saved, warnings=(REPLACED_WARNING,), reason="replaced a hand-written clusterSelector")
+
+
+def _namespace_of(metadata: JSONObject, request_namespace: str | None) -> str:
+    namespace = metadata.get("namespace")
+    return namespace if isinstance(namespace, str) and namespace else request_namespace or ""
+
+
+def _folded(previous: SavedConstraints, spec: JSONObject, options: MutateOptions) -> _Base | None:
+    """A re-invocation: ``previous`` plus what was added since; ``None`` if nothing was.
+
+    Only the fields something was added to are relaxed again; the others stay as they are, so a
+    later webhook's removal is not undone. Other ignore keys than ``previous``'s (another webhook
+    replica's flags) change every field's relaxation, so then all are rewritten.
+    """
+    added = reinvocation.additions(spec, upper_constraints(previous, options))
+    same_keys = previous.ignore_selector_keys == options.ignore_selector_keys
+    if not added and same_keys:
+        return None
+    folded = dataclasses.replace(reinvocation.fold(previous, added), ignore_selector_keys=options.ignore_selector_keys)
+    fields = tuple(field for field in _UPPER_FIELDS if field in added or not same_keys)
+    return _Base(folded, fields, reason="folded constraints added since")
+
+
+def _signed(saved: SavedConstraints, namespace: str, options: MutateOptions) -> dict[str, str]:
+    value = saved.encode()
+    return {
+        CLUSTER_SELECTOR_ANNOTATION: value,
+        CLUSTER_SELECTOR_SIGNATURE_ANNOTATION: signing.sign(options.signing_key, namespace, value),
+    }
+
+
+def _annotation_ops(annotations: JSONObject | None, values: dict[str, str]) -> JSONPatch:
+    if not annotations:  # absent, or an empty map the apiserver may omit: set the whole map
+        return [_set("/metadata/annotations", values)]
+    return [
+        _set("/metadata/annotations/" + pointer_escape(key), value)
+        for key, value in values.items()
+        if annotations.get(key) != value
+    ]
+
+
+def _spec_ops(spec: JSONObject, upper: JSONObject, fields: tuple[str, ...]) -> JSONPatch:
+    """Set each of ``fields`` that differs from ``upper``'s; an empty field counts as absent."""
     patch: JSONPatch = []
-    if annotations:
-        patch.append(_set("/metadata/annotations/" + pointer_escape(CLUSTER_SELECTOR_ANNOTATION), saved))
-    else:
-        patch.append(_set("/metadata/annotations", {CLUSTER_SELECTOR_ANNOTATION: saved}))
-
-    new_selector = _relaxed_node_selector(node_selector, options)
-    if new_selector != (node_selector or {}):
-        if new_selector:
-            patch.append(_set("/spec/nodeSelector", new_selector))
-        else:  # the old selector is non-empty, so the path exists
-            patch.append({"op": "remove", "path": "/spec/nodeSelector"})
-
-    required = required_of(affinity, "spec.affinity")
-    if required is not None:
-        where = f"spec.affinity.nodeAffinity.{_REQUIRED}"
-        new_required = filter_required(required, lambda key: key not in options.ignore_selector_keys, where)
-        if new_required is not required:
-            new_affinity = with_required(affinity, new_required, keep_empty=False)
-            if new_affinity:
-                patch.append(_set("/spec/affinity", new_affinity))
-            else:  # the old affinity held a required block, so the path exists
-                patch.append({"op": "remove", "path": "/spec/affinity"})
-
-    new_tolerations = _upper_tolerations(tolerations, options)
-    if new_tolerations != tolerations:
-        patch.append(_set("/spec/tolerations", new_tolerations))
+    for field in fields:
+        current, desired = spec.get(field) or None, upper.get(field)
+        if current == desired:
+            continue
+        if desired is None:  # current is non-empty, so the path exists
+            patch.append({"op": "remove", "path": f"/spec/{field}"})
+        else:
+            patch.append(_set(f"/spec/{field}", desired))
     return patch
-
-
-# --- the inverse ----------------------------------------------------------------------------------
-
-
-
-
-
-

@@ -4,7 +4,8 @@ The HTTP server stays a thin shell around this pure function: bytes in, ``(statu
 never raises, whatever the bytes: a body we cannot understand gets HTTP 400 with a
 ``Status``-shaped message, anything else gets HTTP 200 with an AdmissionReview response. Only pod
 CREATEs that opted in are patched; every other request is allowed unchanged, so a too-wide webhook
-registration can never block unrelated writes.
+registration can never block unrelated writes. Warnings from the mutation (a hand-written
+``clusterSelector`` replaced) go into the response's ``warnings``, which kubectl prints.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 
 from tensile.conventions import KUBE_SYSTEM
-from webhook.mutate import JSONObject, MalformedPodError, MutateOptions, is_opted_in, mutate_pod
+from webhook.mutate import JSONObject, MalformedPodError, MutateOptions, is_opted_in, mutate
 
 __all__ = ["API_VERSION", "KIND", "Decision", "handle_review"]
 
@@ -113,19 +114,22 @@ def _handle(body: bytes, options: MutateOptions) -> tuple[int, JSONObject, Decis
         return status, result, Decision(uid, namespace, _str(request.get("name")), "rejected", "no object")
     name = _pod_name(request, pod)
     try:
-        patch = mutate_pod(pod, options, namespace=namespace or None)
+        mutation = mutate(pod, options, namespace=namespace or None)
     except MalformedPodError as exc:
         status, result = _bad_request(f"malformed pod: {exc}")
         return status, result, Decision(uid, namespace, name, "rejected", "malformed pod")
-    if not patch:
+    if not mutation.patch:
         return 200, _review(allowed), Decision(uid, namespace, name, "skipped", _skip_reason(pod, namespace))
     try:
-        encoded = orjson.dumps(patch)
+        encoded = orjson.dumps(mutation.patch)
     except TypeError as exc:  # nesting deeper than orjson's limit; no real pod gets here
         status, result = _bad_request(f"malformed pod: {exc}")
         return status, result, Decision(uid, namespace, name, "rejected", "malformed pod")
     response = {**allowed, "patchType": "JSONPatch", "patch": base64.b64encode(encoded).decode("ascii")}
-    return 200, _review(response), Decision(uid, namespace, name, "patched", "", len(patch))
+    if mutation.warnings:
+        response["warnings"] = list(mutation.warnings)
+    decision = Decision(uid, namespace, name, "patched", mutation.reason, len(mutation.patch))
+    return 200, _review(response), decision
 
 
 def _skip_reason(pod: JSONObject, namespace: str) -> str:

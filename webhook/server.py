@@ -4,6 +4,15 @@ A thin aiohttp shell around :func:`webhook.review.handle_review`: TLS only (the 
 calls a webhook over plain HTTP), a bounded request body, one structured log line per decision,
 health/readiness probes, and a graceful stop on SIGTERM/SIGINT so in-flight admissions finish
 during a rolling update instead of failing pod creation.
+
+The key that signs ``clusterSelector`` annotations (``webhook.signing``) is derived from the TLS
+serving key file by default. Every replica mounts the same Secret, so they all agree, and a
+re-invocation or a copied pod that lands on another replica still verifies, with nothing new to
+configure or keep in sync. The server loads the serving key once at start, so the signing key is
+derived once too; were the files ever reloaded, the key would have to be derived again.
+``--signing-key-file`` names another shared file instead, for a key that outlives certificate
+rotation: a rotated serving key (cert-manager's ``rotationPolicy: Always``) makes replicas
+disagree until all of them restart, and signatures made before no longer verify.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ from aiohttp import web
 
 from webhook.mutate import MutateOptions
 from webhook.review import Decision, handle_review
+from webhook.signing import derive_key
 
-__all__ = ["LOGGER_NAME", "ServerOptions", "create_app", "serve", "ssl_context", "start"]
+__all__ = ["LOGGER_NAME", "ServerOptions", "create_app", "serve", "signing_key", "ssl_context", "start"]
 
 LOGGER_NAME = "tensile.webhook"
 log = logging.getLogger(LOGGER_NAME)
@@ -53,6 +63,16 @@ class ServerOptions:
     shutdown_timeout: float = 10.0
     #: After SIGTERM, keep serving this long with /readyz failing, so a Service drops us first.
     drain_seconds: float = 0.0
+    #: The secret the clusterSelector signing key is derived from; ``None``: ``tls_key_file``.
+    signing_key_file: Path | None = None
+
+
+def signing_key(options: ServerOptions) -> bytes:
+    """The clusterSelector signing key: derived from ``signing_key_file``, else the serving key file.
+
+    Raises ``OSError`` when the file cannot be read and ``ValueError`` when it is too short.
+    """
+    return derive_key((options.signing_key_file or options.tls_key_file).read_bytes())
 
 
 def ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
@@ -106,11 +126,13 @@ async def _on_shutdown(app: web.Application) -> None:
 def create_app(options: ServerOptions | MutateOptions | None = None) -> web.Application:
     """The aiohttp application: ``POST /mutate``, ``GET /healthz``, ``GET /readyz``.
 
-    Accepts :class:`ServerOptions` (body limit and mutation options) or bare
-    :class:`~webhook.mutate.MutateOptions` (default body limit).
+    Accepts :class:`ServerOptions` (body limit and mutation options; the signing key is derived
+    from its key file, see :func:`signing_key`) or bare :class:`~webhook.mutate.MutateOptions`
+    (default body limit; its signing key is used as it is).
     """
     if isinstance(options, ServerOptions):
-        mutate_options, max_body = options.mutate, options.max_body_bytes
+        mutate_options = dataclasses.replace(options.mutate, signing_key=signing_key(options))
+        max_body = options.max_body_bytes
     else:
         mutate_options, max_body = options or MutateOptions(), ServerOptions.max_body_bytes
     app = web.Application(client_max_size=max_body)

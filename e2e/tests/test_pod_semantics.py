@@ -462,10 +462,11 @@ def test_recreate_rollout_never_loses_a_copy_its_new_pods_need(federation: Fed, 
     stop = threading.Event()
 
     def watch_copies() -> None:
-        w = watch.Watch()
+        w = watch.Watch()  # type: ignore[no-untyped-call]
         rv = lower.core.list_namespaced_config_map(ns).metadata.resource_version
         while not stop.is_set():
-            for ev in w.stream(lower.core.list_namespaced_config_map, ns, resource_version=rv, timeout_seconds=2):
+            for ev in w.stream(  # type: ignore[no-untyped-call]
+                    lower.core.list_namespaced_config_map, ns, resource_version=rv, timeout_seconds=2):
                 rv = ev["object"].metadata.resource_version
                 if ev["type"] == "DELETED" and ev["object"].metadata.name == "settings":
                     deleted.append(rv)
