@@ -8,9 +8,15 @@ These tests run the pair with a webhook that keeps a second upper-only key
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
+import ssl
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
@@ -124,3 +130,73 @@ def test_tolerations_added_after_admission_reach_the_copy(federation: Fed, ns: s
     wait_for(lambda: any(t.key == "example.com/maintenance" for t in
                          lower.core.read_namespaced_pod("tolerant", ns).spec.tolerations or []), 30,
              what="added toleration on the lower copy")
+
+
+class _LaterWebhook(http.server.BaseHTTPRequestHandler):
+    """Another team's mutating webhook, called after tensile's: it pins pods to SSD nodes."""
+
+    def do_POST(self) -> None:
+        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        request = review["request"]
+        selector = dict((request["object"].get("spec") or {}).get("nodeSelector") or {})
+        response: dict[str, object] = {"uid": request["uid"], "allowed": True}
+        if selector.get("disktype") != "ssd":
+            selector["disktype"] = "ssd"
+            patch = [{"op": "add", "path": "/spec/nodeSelector", "value": selector}]
+            response.update(patchType="JSONPatch", patch=base64.b64encode(json.dumps(patch).encode()).decode())
+        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                           "response": response}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def later_webhook(federation: Fed, webhook: WebhookProcess, tmp_path: Path) -> Iterator[None]:
+    upper, _, _ = federation
+    subprocess.run([sys.executable, "-m", "tensile.cli", "webhook", "certs", str(tmp_path), "--host", "127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LaterWebhook)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    api = k8s.AdmissionregistrationV1Api(upper.api())
+    name = "zz-later-webhook"  # configurations are called in name order: after tensile's
+    api.create_mutating_webhook_configuration({"metadata": {"name": name}, "webhooks": [{
+        "name": "ssd.later.example.com", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+        "clientConfig": {"url": f"https://127.0.0.1:{server.server_address[1]}/mutate",
+                         "caBundle": base64.b64encode((tmp_path / "ca.crt").read_bytes()).decode()},
+        "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+        "objectSelector": {"matchLabels": {"needs-ssd": "true"}}, "reinvocationPolicy": "Never",
+        "failurePolicy": "Fail", "timeoutSeconds": 5}]})
+    try:
+        yield
+    finally:
+        api.delete_mutating_webhook_configuration(name)
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def test_constraints_a_later_webhook_adds_are_relaxed_upstairs_and_kept_downstairs(
+    federation: Fed, ns: str, later_webhook: None
+) -> None:
+    upper, lower, _ = federation
+
+    def admitted() -> k8s.V1Pod | None:
+        pod = upper.core.create_namespaced_pod(ns, opted_in_pod(unique("probe"), labels={"needs-ssd": "true"}),
+                                               dry_run="All")
+        return pod if (pod.spec.node_selector or {}).get("disktype") is None and pod.metadata.annotations else None
+
+    wait_for(admitted, 30, interval=0.5, what="both webhooks active, tensile re-invoked after the later one")
+    upper.core.create_namespaced_pod(ns, opted_in_pod("late", labels={"needs-ssd": "true"}))
+    up = wait_pod_running(upper, ns, "late", timeout=90)
+    assert up.spec.node_name == VK and "disktype" not in (up.spec.node_selector or {})
+    low = wait_pod_running(lower, ns, "late", timeout=30)
+    assert low.spec.node_selector == {"disktype": "ssd"} and low.spec.node_name == "lower-a"

@@ -15,13 +15,16 @@ from tensile import capacity, translate
 from tensile import conventions as c
 from tensile.kube.client import JSON, Kube, path
 from tensile.kube.events import EventRecorder
-from tensile.kube.informer import Informer
+from tensile.kube.informer import NAMESPACE, Informer, namespace_index
 from tensile.translate import Owner
 
 log = logging.getLogger("tensile")
 
 DEPENDENCY_RESOURCES = ("configmaps", "secrets", "persistentvolumeclaims", "serviceaccounts", "services")
 ENDPOINTSLICES = "endpointslices"
+#: The heartbeat client's own budget: a Lease every 10 s and node status at most once a second.
+HEARTBEAT_QPS = 5.0
+HEARTBEAT_BURST = 10
 #: API group/version of resources outside the core group.
 GROUP_VERSIONS = {ENDPOINTSLICES: "discovery.k8s.io/v1"}
 
@@ -63,6 +66,9 @@ def default_node_ip() -> str:
 class Context:
     config: Config
     upper: Kube
+    #: The upper cluster again, with a rate limiter and connections of its own: Lease and node
+    #: status never wait behind pod traffic (see ``Kube.fork``).
+    heartbeat: Kube
     lower: Kube
     owner: Owner
     recorder: EventRecorder
@@ -90,9 +96,10 @@ class Context:
             slices = path(ENDPOINTSLICES, group_version=GROUP_VERSIONS[ENDPOINTSLICES])
             upper_deps[ENDPOINTSLICES] = Informer(upper, slices, name="upper-endpointslices")
             lower_deps[ENDPOINTSLICES] = Informer(lower, slices, label_selector=sel, name="lower-endpointslices")
-        return cls(
+        ctx = cls(
             config=config,
             upper=upper,
+            heartbeat=upper.fork("upper-heartbeat", HEARTBEAT_QPS, HEARTBEAT_BURST),
             lower=lower,
             owner=owner,
             recorder=EventRecorder(upper, c.EVENT_COMPONENT, config.node_name),
@@ -112,6 +119,13 @@ class Context:
             lower_deps=lower_deps,
             lower_namespaces=Informer(lower, path("namespaces"), transform=_namespace_meta, name="lower-namespaces"),
         )
+        # Indexes, so handlers stay O(matches) per event instead of scanning a store.
+        ctx.upper_pods.add_index(NAMESPACE, namespace_index)
+        for side in (upper_deps, lower_deps):
+            side["services"].add_index(NAMESPACE, namespace_index)
+            if ENDPOINTSLICES in side:
+                side[ENDPOINTSLICES].add_index(SERVICE_INDEX, slice_service)
+        return ctx
 
     def informers(self) -> list[Informer]:
         return [
@@ -123,6 +137,16 @@ class Context:
     def upper_only_keys(self) -> frozenset[str]:
         """Node-label keys only this virtual node carries (see ``translate.virtual_node_keys``)."""
         return translate.virtual_node_keys(self.config.node_labels)
+
+
+#: EndpointSlices by their Service: ``namespace/service``.
+SERVICE_INDEX = "service"
+
+
+def slice_service(obj: JSON) -> list[str]:
+    meta = obj.get("metadata") or {}
+    service = (meta.get("labels") or {}).get(c.SERVICE_NAME_LABEL)
+    return [f"{meta.get('namespace')}/{service}"] if service else []
 
 
 def _namespace_meta(ns: JSON) -> JSON:

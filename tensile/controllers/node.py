@@ -26,10 +26,13 @@ from tensile import conventions as c
 from tensile.controllers.context import Context
 from tensile.kube.client import JSON, path
 from tensile.kube.errors import ApiError
+from tensile.kube.supervisor import Supervisor
 
 log = logging.getLogger("tensile.node")
 
 STATUS_DEBOUNCE = 1.0
+#: A heartbeat loop that has not come round for this long (at least) is wedged.
+WEDGED_AFTER = 120.0
 
 
 def _now() -> str:
@@ -112,7 +115,9 @@ class NodeController:
         self.node_uid = ""
         self._dirty = asyncio.Event()
         self._pushed: tuple[Any, ...] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        #: loop name -> monotonic time it last came round
+        self.beats: dict[str, float] = {}
+        self.last_renewed = 0.0
         ctx.lower_nodes.add_handler(lambda old, new: self._dirty.set())
         ctx.lower_pods_all.add_handler(self._on_lower_pod)
         ctx.upper_node.add_handler(self._on_upper_node)
@@ -193,7 +198,7 @@ class NodeController:
             capacity.node_labels_majority(nodes, c.OS_LABEL, "linux"),
         )
         try:
-            node = await self.ctx.upper.get(path("nodes", name=self.name))
+            node = await self.ctx.heartbeat.get(path("nodes", name=self.name))
             labels = (node.get("metadata") or {}).get("labels") or {}
             want = manifest["metadata"]["labels"]
             current = (node.get("spec") or {}).get("taints") or []
@@ -202,7 +207,7 @@ class NodeController:
                 # The patch carries the whole taint list (a merge patch replaces lists), built from
                 # the current one: taints set by controllers or admins stay. resourceVersion makes a
                 # concurrent change fail with 409 instead of being overwritten.
-                node = await self.ctx.upper.patch(path("nodes", name=self.name), {
+                node = await self.ctx.heartbeat.patch(path("nodes", name=self.name), {
                     "metadata": {"labels": want, "resourceVersion": (node.get("metadata") or {}).get(
                         "resourceVersion")},
                     "spec": {"taints": taints},
@@ -210,7 +215,7 @@ class NodeController:
         except ApiError as exc:
             if not exc.not_found:
                 raise
-            node = await self.ctx.upper.create(path("nodes"), manifest)
+            node = await self.ctx.heartbeat.create(path("nodes"), manifest)
             log.info("registered virtual node", extra={"node": self.name, "cluster": self.ctx.config.cluster_id})
         self.node_uid = (node.get("metadata") or {}).get("uid", "")
         return node
@@ -224,7 +229,7 @@ class NodeController:
                   status["nodeInfo"]["kubeletVersion"], self.node_uid)
         if not force and digest == self._pushed:
             return
-        await self.ctx.upper.patch(path("nodes", name=self.name, subresource="status"), {"status": status})
+        await self.ctx.heartbeat.patch(path("nodes", name=self.name, subresource="status"), {"status": status})
         self._pushed = digest
 
     async def renew_lease(self) -> None:
@@ -235,7 +240,7 @@ class NodeController:
             "renewTime": _micro_now(),
         }
         try:
-            await self.ctx.upper.patch(lease_path, {"spec": spec})
+            await self.ctx.heartbeat.patch(lease_path, {"spec": spec})
         except ApiError as exc:
             if not exc.not_found:
                 raise
@@ -243,7 +248,7 @@ class NodeController:
                 [{"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.node_uid}]
                 if self.node_uid else []
             )
-            await self.ctx.upper.create(
+            await self.ctx.heartbeat.create(
                 path("leases", c.NODE_LEASE_NAMESPACE, group_version="coordination.k8s.io/v1"),
                 {"metadata": {"name": self.name, "namespace": c.NODE_LEASE_NAMESPACE, "ownerReferences": owner_refs},
                  "spec": spec},
@@ -274,7 +279,16 @@ class NodeController:
                 await fn()
             except ApiError as exc:
                 log.warning("%s failed: %s", what, exc, extra={"node": self.name})
+            self.beats[what] = time.monotonic()
             await asyncio.sleep(interval)
+
+    async def _renew_and_record(self) -> None:
+        await self.renew_lease()
+        self.last_renewed = time.monotonic()
+
+    def lease_fresh(self) -> bool:
+        """The Lease was renewed within its duration: the node-lifecycle controller sees us alive."""
+        return time.monotonic() - self.last_renewed < self.ctx.config.lease_duration
 
     async def _status_loop(self) -> None:
         last_forced = 0.0
@@ -296,19 +310,24 @@ class NodeController:
                 self._pushed = None
                 await asyncio.sleep(1.0)
                 self._dirty.set()
+            self.beats["node status"] = time.monotonic()
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor) -> None:
         await self.ping_lower()
         await self.ensure_registered()
         await self.push_status(force=True)
-        await self.renew_lease()
-        self._tasks = [
-            asyncio.create_task(self._every(self.ctx.config.lease_renew_interval, "lease renewal", self.renew_lease)),
-            asyncio.create_task(self._every(self.ctx.config.ping_interval, "lower ping", self.ping_lower)),
-            asyncio.create_task(self._status_loop()),
-        ]
-
-    async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._renew_and_record()
+        cfg = self.ctx.config
+        now = time.monotonic()
+        loops = (
+            ("lease renewal", cfg.lease_renew_interval,
+             lambda: self._every(cfg.lease_renew_interval, "lease renewal", self._renew_and_record)),
+            ("lower ping", cfg.ping_interval, lambda: self._every(cfg.ping_interval, "lower ping", self.ping_lower)),
+            ("node status", cfg.status_interval, self._status_loop),
+        )
+        for what, interval, factory in loops:
+            self.beats[what] = now
+            # A loop that has not come round in several of its intervals is wedged (an await that
+            # never returns); a failing one still comes round, it only logs.
+            supervisor.spawn(what, factory, progress=lambda what=what: self.beats[what],  # type: ignore[misc]
+                             stall_after=max(WEDGED_AFTER, 3 * interval + 30))

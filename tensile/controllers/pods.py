@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from cachetools import TTLCache
@@ -43,7 +44,7 @@ from tensile.controllers.namespaces import NamespaceEnsurer, NamespaceTerminatin
 from tensile.kube.client import JSON, STRATEGIC_PATCH, path
 from tensile.kube.errors import ApiError
 from tensile.kube.events import NORMAL, WARNING
-from tensile.kube.informer import key_of, meta_of
+from tensile.kube.informer import NAMESPACE, key_of, meta_of
 from tensile.kube.workqueue import Workers, WorkQueue
 from tensile.logs import fields
 
@@ -93,7 +94,7 @@ class PodController:
         # A dependency appearing upstairs releases pods held for it.
         for resource in RESOURCES:
             if resource in ctx.upper_deps:
-                ctx.upper_deps[resource].add_handler(self._on_dependency)
+                ctx.upper_deps[resource].add_handler(self._dependency_handler(resource))
 
     @property
     def cluster(self) -> str:
@@ -122,17 +123,19 @@ class PodController:
 
     def _on_namespace(self, old: JSON | None, new: JSON | None) -> None:
         if new is None and old is not None:
-            ns = meta_of(old).get("name")
-            for pod in self.ctx.upper_pods.items():
-                if meta_of(pod).get("namespace") == ns:
-                    self.queue.add(key_of(pod))
+            for pod in self.ctx.upper_pods.by_index(NAMESPACE, str(meta_of(old).get("name"))):
+                self.queue.add(key_of(pod))
 
-    def _on_dependency(self, old: JSON | None, new: JSON | None) -> None:
-        if old is None and new is not None:
-            ns = meta_of(new).get("namespace")
-            for pod in self.ctx.upper_pods.items():
-                if meta_of(pod).get("namespace") == ns and not self.ctx.lower_pods.get(key_of(pod)):
-                    self.queue.add(key_of(pod))
+    def _dependency_handler(self, resource: str) -> Callable[[JSON | None, JSON | None], None]:
+        def on_dependency(old: JSON | None, new: JSON | None) -> None:
+            """A dependency appeared upstairs: release the pods held for it (found by index, not by scan)."""
+            if old is not None or new is None:
+                return
+            for source in self.deps.referrers.get(f"{resource}/{key_of(new)}", ()):
+                side, _, key = source.partition(":")
+                if side == "upper" and self.ctx.lower_pods.get(key) is None:
+                    self.queue.add(key)
+        return on_dependency
 
     def _on_error(self, key: str, exc: BaseException) -> None:
         log.warning("pod sync failed: %s", exc, extra=fields(key, cluster=self.cluster))

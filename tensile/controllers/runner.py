@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from tensile.controllers.node import NodeController
 from tensile.controllers.pods import PodController
 from tensile.controllers.services import ServiceController
 from tensile.kube.client import Kube, path
+from tensile.kube.supervisor import Supervisor
 
 log = logging.getLogger("tensile")
 
@@ -37,6 +39,10 @@ async def cluster_uid(kube: Kube) -> str:
     return str(ns["metadata"]["uid"])
 
 
+#: A work item handled for longer than this means a wedged worker.
+WORKER_WEDGED_AFTER = 300.0
+
+
 class VirtualNode:
     def __init__(self, config: Config, upper: Kube, lower: Kube) -> None:
         self.config = config
@@ -47,6 +53,7 @@ class VirtualNode:
         self.pods: PodController | None = None
         self.deps: DependencyController | None = None
         self.services: ServiceController | None = None
+        self.supervisor = Supervisor(f"virtual-node {config.node_name}")
         self._site: web.TCPSite | None = None
         self._runner: web.AppRunner | None = None
         self.ready = False
@@ -68,33 +75,56 @@ class VirtualNode:
         self.node = NodeController(ctx)
         await self._serve_health()
         for inf in ctx.informers():
-            inf.start()
+            inf.start(self.supervisor)
         await asyncio.wait_for(asyncio.gather(*(inf.wait_synced() for inf in ctx.informers())), SYNC_TIMEOUT)
         log.info("caches synced", extra={"node": cfg.node_name, "cluster": cfg.cluster_id,
                                          "upper_cluster": upper_id})
-        await self.node.start()
-        self.deps.start()
-        self.services.start()
-        self.pods.start()
+        await self.node.start(self.supervisor)
+        for name, workers in (("dependency workers", self.deps.workers), ("service workers", self.services.workers),
+                              ("pod workers", self.pods.workers)):
+            workers.start()
+            self.supervisor.watch(name, workers.oldest_start, WORKER_WEDGED_AFTER)
         self.ready = True
         log.info("virtual node running", extra={"node": cfg.node_name, "cluster": cfg.cluster_id})
 
     async def stop(self) -> None:
+        """Stop every part, each on its own: one that fails must not leave the others running."""
         self.ready = False
-        for part in (self.pods, self.services, self.deps, self.node):
-            if part is not None:
-                await part.stop()
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            (f"{part.__class__.__name__}.stop", part.stop)
+            for part in (self.pods, self.services, self.deps) if part is not None
+        ]
         if self.ctx is not None:
-            await self.ctx.recorder.flush()
-            for inf in self.ctx.informers():
-                await inf.stop()
+            steps.append(("event flush", self.ctx.recorder.flush))
+        steps.append(("supervised loops", self.supervisor.stop))
+        if self.ctx is not None:
+            steps.append(("heartbeat client", self.ctx.heartbeat.close))
         if self._runner is not None:
-            await self._runner.cleanup()
-        await self.upper.close()
-        await self.lower.close()
+            steps.append(("health server", self._runner.cleanup))
+        steps += [("upper client", self.upper.close), ("lower client", self.lower.close)]
+        for what, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.exception("stopping: %s failed", what, extra={"node": self.config.node_name})
         log.info("virtual node stopped", extra={"node": self.config.node_name})
 
     # --- health and metrics ---------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Why this process is not alive and well: dead or wedged loops."""
+        return self.supervisor.problems()
+
+    def not_ready(self) -> list[str]:
+        """Why this process should not be sent work: unsynced caches, a stale Lease."""
+        reasons: list[str] = []
+        if not self.ready:
+            reasons.append("starting or stopping")
+        if self.ctx is not None:
+            reasons += [f"cache {inf.name} not synced" for inf in self.ctx.informers() if not inf.synced.is_set()]
+        if self.node is not None and self.ready and not self.node.lease_fresh():
+            reasons.append("the node Lease was not renewed within its duration")
+        return reasons
 
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -108,8 +138,16 @@ class VirtualNode:
             out["pods_queue_depth"] = len(self.pods.queue)
             out["pods_retries"] = self.pods.queue.retries
         if self.ctx is not None:
+            out["heartbeat_requests"] = self.ctx.heartbeat.requests
+            recorder = self.ctx.recorder
+            out.update(events_written=recorder.written, events_folded=recorder.folded,
+                       events_dropped=recorder.dropped, events_failed=recorder.failed, events_queued=len(recorder))
             for inf in self.ctx.informers():
                 out[f"cache_objects{{informer=\"{inf.name}\"}}"] = len(inf.store)
+                out[f"informer_lists{{informer=\"{inf.name}\"}}"] = inf.relists
+                out[f"informer_watches{{informer=\"{inf.name}\"}}"] = inf.watches
+                out[f"informer_failures{{informer=\"{inf.name}\"}}"] = inf.failures
+        out["supervised_restarts"] = sum(e.restarts for e in self.supervisor.entries.values())
         return out
 
     async def _serve_health(self) -> None:
@@ -117,10 +155,16 @@ class VirtualNode:
             return
 
         async def healthz(_: web.Request) -> web.Response:
+            problems = self.problems()
+            if problems:
+                return web.Response(text="\n".join(problems) + "\n", status=500)
             return web.Response(text="ok")
 
         async def readyz(_: web.Request) -> web.Response:
-            return web.Response(text="ok" if self.ready else "not ready", status=200 if self.ready else 503)
+            reasons = self.not_ready()
+            if reasons:
+                return web.Response(text="\n".join(reasons) + "\n", status=503)
+            return web.Response(text="ok")
 
         async def metrics(_: web.Request) -> web.Response:
             lines = []

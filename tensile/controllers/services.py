@@ -18,10 +18,10 @@ import logging
 from tensile import conventions as c
 from tensile import dependencies as deps
 from tensile import translate
-from tensile.controllers.context import ENDPOINTSLICES, Context
+from tensile.controllers.context import ENDPOINTSLICES, SERVICE_INDEX, Context
 from tensile.controllers.copies import LowerCopies
 from tensile.kube.client import JSON
-from tensile.kube.informer import key_of, meta_of
+from tensile.kube.informer import NAMESPACE, key_of, meta_of
 from tensile.kube.workqueue import Workers, WorkQueue
 from tensile.logs import fields
 
@@ -53,18 +53,15 @@ class ServiceController:
             meta_of(old).get("deletionTimestamp")
         ) == bool(meta_of(new).get("deletionTimestamp")):
             return  # only label changes, arrivals, departures and terminations change what is selected
-        ns = meta_of(new or old).get("namespace")
+        ns = str(meta_of(new or old).get("namespace"))
         for inf in (self.ctx.upper_deps[SERVICES], self.ctx.lower_deps[SERVICES]):
-            for svc in inf.items():
-                if meta_of(svc).get("namespace") == ns:
-                    self.queue.add(key_of(svc))
+            for svc in inf.by_index(NAMESPACE, ns):
+                self.queue.add(key_of(svc))
 
     def _on_namespace(self, old: JSON | None, new: JSON | None) -> None:
         if new is None and old is not None:
-            ns = meta_of(old).get("name")
-            for svc in self.ctx.upper_deps[SERVICES].items():
-                if meta_of(svc).get("namespace") == ns:
-                    self.queue.add(key_of(svc))
+            for svc in self.ctx.upper_deps[SERVICES].by_index(NAMESPACE, str(meta_of(old).get("name"))):
+                self.queue.add(key_of(svc))
 
     def _on_service(self, old: JSON | None, new: JSON | None) -> None:
         obj = new or old
@@ -90,17 +87,14 @@ class ServiceController:
         selector = spec.get("selector")
         if not selector or spec.get("type") == "ExternalName":
             return False
-        ns = meta_of(svc).get("namespace")
         return any(
-            meta_of(pod).get("namespace") == ns and not meta_of(pod).get("deletionTimestamp")
-            and deps.selector_matches(selector, meta_of(pod).get("labels"))
-            for pod in self.ctx.upper_pods.items()
+            not meta_of(pod).get("deletionTimestamp") and deps.selector_matches(selector, meta_of(pod).get("labels"))
+            for pod in self.ctx.upper_pods.by_index(NAMESPACE, str(meta_of(svc).get("namespace")))
         )
 
     def _slices(self, side: str, ns: str, service: str) -> list[JSON]:
         store = (self.ctx.upper_deps if side == "upper" else self.ctx.lower_deps)[ENDPOINTSLICES]
-        return [s for s in store.items() if meta_of(s).get("namespace") == ns
-                and (meta_of(s).get("labels") or {}).get(c.SERVICE_NAME_LABEL) == service]
+        return store.by_index(SERVICE_INDEX, f"{ns}/{service}")
 
     async def reconcile(self, key: str) -> float | None:
         ns, name = key.split("/", 1)

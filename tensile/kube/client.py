@@ -108,6 +108,15 @@ class Kube:
         self.requests = 0
         self.reauths = 0
 
+    def fork(self, name: str, qps: float, burst: int) -> Kube:
+        """The same cluster and credentials with a rate limiter and connections of its own.
+
+        The kubelet's heartbeat (Lease, node status) must never wait behind pod traffic: with one
+        shared limiter, a burst of pod writes delays the Lease past its duration and the
+        node-lifecycle controller taints the node and evicts its pods.
+        """
+        return Kube(self.config, qps, burst, name=name, reload=self._reload)
+
     @classmethod
     async def from_kubeconfig(
         cls, kubeconfig: str | None, qps: float = 100.0, burst: int = 200, name: str = ""
@@ -236,7 +245,13 @@ class Kube:
             raise ApiError.connection(exc, method, url_path) from exc
         if not raw:
             return {}
-        decoded: JSON = orjson.loads(raw)
+        try:
+            decoded = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            # A proxy's HTML error page with a 200, a truncated body: an API failure, not a crash.
+            raise ApiError(502, "InvalidResponse", f"{method} {url_path}: the body is not JSON: {exc}") from exc
+        if not isinstance(decoded, dict):
+            raise ApiError(502, "InvalidResponse", f"{method} {url_path}: the body is not a JSON object")
         return decoded
 
     async def get(self, url_path: str, **kw: Any) -> JSON:
@@ -255,16 +270,20 @@ class Kube:
         return await self.request("DELETE", url_path, body=body)
 
     async def watch(
-        self, url_path: str, params: Mapping[str, str | int], timeout: float
+        self, url_path: str, params: Mapping[str, str | int], timeout: float, silence: float | None = None
     ) -> AsyncIterator[JSON]:
-        """Yield watch events as dicts; ends when the server closes the stream."""
+        """Yield watch events as dicts; ends when the server closes the stream.
+
+        ``silence``: how long the stream may stay without a byte before it counts as dead (a
+        half-open connection after a network fault would otherwise hang until ``timeout``).
+        """
         await self.limiter.acquire()
         self.requests += 1
         query = {**params, "watch": "1"}
         try:
             async with self.session.get(
                 self.host + url_path, params=query, headers=await self._headers(None),
-                timeout=aiohttp.ClientTimeout(total=timeout + 30, sock_read=timeout + 30),
+                timeout=aiohttp.ClientTimeout(total=timeout + 30, sock_read=silence or timeout + 30),
             ) as resp:
                 if resp.status >= 400:
                     if resp.status == 401:

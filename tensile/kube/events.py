@@ -1,16 +1,21 @@
 """Record Kubernetes Events on objects, like client-go's EventRecorder.
 
 Users read what tensile did to their pod with ``kubectl describe pod``.
-Repeats of the same (object, reason, message) within a short window are
-folded into one Event with a count, so a pod retried every second does not
-flood etcd. Recording never blocks or fails the caller: an Event that
-cannot be written is logged and dropped, because Events are best-effort in
-Kubernetes too.
+Events go through one bounded queue and one writer, so however many pods
+have something to say they take one request at a time from the client's
+budget and can never crowd out pod writes, let alone the heartbeat (which
+has a client of its own). Repeats of the same (object, type, reason,
+message) within ten minutes are folded into the existing Event with a count,
+as client-go's correlator does, so a pod retried every second does not flood
+etcd. A full queue drops the Event and counts it: Events are best-effort in
+Kubernetes too, and recording never blocks or fails the caller. An Event
+that cannot be written is logged and dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import secrets
@@ -25,6 +30,9 @@ log = logging.getLogger("tensile.kube.events")
 
 NORMAL = "Normal"
 WARNING = "Warning"
+#: Events waiting to be written; more are dropped (and counted) rather than piling up in memory.
+QUEUE_SIZE = 1000
+_Key = tuple[str, str, str, str]
 
 
 def _now() -> str:
@@ -32,18 +40,40 @@ def _now() -> str:
 
 
 class EventRecorder:
-    def __init__(self, kube: Kube, component: str, host: str) -> None:
+    def __init__(self, kube: Kube, component: str, host: str, queue_size: int = QUEUE_SIZE) -> None:
         self.kube = kube
         self.component = component
         self.host = host
-        self._recent: TTLCache[tuple[str, str, str, str], tuple[str, int]] = TTLCache(maxsize=10000, ttl=600)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._recent: TTLCache[_Key, tuple[str, int]] = TTLCache(maxsize=10000, ttl=600)
+        self._queue: asyncio.Queue[tuple[JSON, str, str, str]] = asyncio.Queue(maxsize=queue_size)
+        self._writer: asyncio.Task[None] | None = None
+        self.written = 0
+        self.folded = 0
+        self.dropped = 0
+        self.failed = 0
 
     def event(self, obj: JSON, etype: str, reason: str, message: str) -> None:
-        """Fire and forget."""
-        task = asyncio.create_task(self._record(obj, etype, reason, message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Queue an Event; never blocks. Dropped (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait((obj, etype, reason, message))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+                log.warning("event queue full: %d events dropped so far", self.dropped)
+            return
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all(), name=f"{self.component}:events")
+
+    async def _write_all(self) -> None:
+        while not self._queue.empty():
+            obj, etype, reason, message = self._queue.get_nowait()
+            try:
+                await self._record(obj, etype, reason, message)
+            except Exception:
+                self.failed += 1
+                log.exception("event %s not recorded", reason)
+            finally:
+                self._queue.task_done()
 
     async def _record(self, obj: JSON, etype: str, reason: str, message: str) -> None:
         meta = obj.get("metadata") or {}
@@ -66,6 +96,7 @@ class EventRecorder:
                     path("events", ns, name), {"count": count + 1, "lastTimestamp": now, "message": message}
                 )
                 self._recent[key] = (name, count + 1)
+                self.folded += 1
                 return
             name = f"{meta.get('name', 'object')}.{secrets.token_hex(8)}"
             await self.kube.create(path("events", ns), {
@@ -84,11 +115,22 @@ class EventRecorder:
                 "count": 1,
             })
             self._recent[key] = (name, 1)
+            self.written += 1
         except ApiError as exc:
+            self.failed += 1
             if exc.not_found:
                 self._recent.pop(key, None)
             log.warning("event %s/%s %s not recorded: %s", ns, meta.get("name"), reason, exc)
 
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
     async def flush(self, timeout: float = 5.0) -> None:
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        """Write what is queued (bounded by ``timeout``), then stop the writer."""
+        if self._writer is not None and not self._writer.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
+            if not self._writer.done():
+                self._writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._writer

@@ -1,10 +1,20 @@
 """A list+watch cache of one resource, the asyncio twin of client-go's informer.
 
 The reflector lists, then watches from the list's resourceVersion with
-bookmarks, and lists again when the server answers 410 Gone or the stream
-breaks. It keeps a store of plain dicts keyed ``namespace/name`` (optionally
-shrunk by a ``transform`` to save memory) and tells handlers about adds,
-updates and deletes. Handlers only enqueue keys; controllers read the store.
+bookmarks. A watch that ends or breaks (server timeout, connection reset, an
+apiserver restart) is resumed from the last resourceVersion it saw, so a
+rolling restart of the apiservers does not re-list 10k pods; only 410 Gone
+(the version is too old) or an event it cannot decode lists again. A watch
+that ends at once, and every failure, backs off (jittered, up to 30 s) before
+the next try, and any unexpected error is logged and retried: the cache never
+dies silently. ``last_progress`` tells a supervisor when the reflector last
+heard from the apiserver (bookmarks arrive about once a minute on an idle
+watch), so a wedged connection shows in ``/healthz``.
+
+It keeps a store of plain dicts keyed ``namespace/name`` (optionally shrunk
+by a ``transform`` to save memory), indexes like client-go's Indexers
+(``add_index``/``by_index``), and tells handlers about adds, updates and
+deletes. Handlers only enqueue keys; controllers read the store.
 
 A relist diffs against the store, so objects deleted while the watch was
 down still produce a delete notification. A periodic resync replays every
@@ -16,17 +26,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
+from collections import defaultdict
 from collections.abc import Callable
-
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from tensile.kube.client import JSON, Kube
 from tensile.kube.errors import ApiError
+from tensile.kube.supervisor import Supervisor
 
 log = logging.getLogger("tensile.kube.informer")
 
 Handler = Callable[[JSON | None, JSON | None], None]
 """``handler(old, new)``: add is (None, obj), delete is (obj, None)."""
+IndexFunc = Callable[[JSON], list[str]]
+"""The index values of an object, like client-go's ``IndexFunc``."""
+
+#: A watch that ends sooner than this after it started counts as a failure and backs off.
+MIN_WATCH_SECONDS = 1.0
+#: Backoff between failed list/watch attempts: 0.5 s doubling up to 30 s, jittered.
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 30.0
+#: How long a watch connection may stay silent (no event, no bookmark) before it counts as dead.
+#: Bookmarks arrive about once a minute, so a silent minute and a half means the connection is gone.
+WATCH_SILENCE = 90.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failures in a row (>= 1): exponential, capped, jittered."""
+    base = min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** max(0, failures - 1))
+    return float(base * random.uniform(0.5, 1.0))
+
+
+#: The name of the by-namespace index every informer of namespaced objects has.
+NAMESPACE = "namespace"
+
+
+def namespace_index(obj: JSON) -> list[str]:
+    ns = (obj.get("metadata") or {}).get("namespace")
+    return [ns] if ns else []
 
 WATCH_TIMEOUT = 300
 
@@ -66,11 +104,47 @@ class Informer:
         self.synced = asyncio.Event()
         self.resource_version = ""
         self.relists = 0
+        #: Watches started and watch failures (a relist is counted in ``relists``).
+        self.watches = 0
+        self.failures = 0
+        self.last_progress = time.monotonic()
+        self._indexers: dict[str, IndexFunc] = {}
+        self._indices: dict[str, dict[str, set[str]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
 
     def add_handler(self, handler: Handler) -> None:
         self.handlers.append(handler)
+
+    def add_index(self, name: str, fn: IndexFunc) -> None:
+        """Index the store by ``fn`` (e.g. namespace); add before ``start``."""
+        self._indexers[name] = fn
+        index: dict[str, set[str]] = defaultdict(set)
+        for key, obj in self.store.items():
+            for value in fn(obj):
+                index[value].add(key)
+        self._indices[name] = index
+
+    def by_index(self, name: str, value: str) -> list[JSON]:
+        """The objects whose index ``name`` has ``value``: O(matches), not O(store)."""
+        keys = self._indices[name].get(value, ())
+        return [self.store[k] for k in keys if k in self.store]
+
+    def _reindex(self, key: str, old: JSON | None, new: JSON | None) -> None:
+        for name, fn in self._indexers.items():
+            index = self._indices[name]
+            before = fn(old) if old is not None else []
+            after = fn(new) if new is not None else []
+            if before == after:
+                continue
+            for value in before:
+                keys = index.get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del index[value]
+            for value in after:
+                index[value].add(key)
 
     def get(self, key: str) -> JSON | None:
         return self.store.get(key)
@@ -113,11 +187,14 @@ class Informer:
         old_store = self.store
         self.store = fresh
         for key, obj in fresh.items():
+            self._reindex(key, old_store.get(key), obj)
             self._notify(old_store.get(key), obj)
         for key, obj in old_store.items():
             if key not in fresh:
+                self._reindex(key, obj, None)
                 self._notify(obj, None)
         self.relists += 1
+        self.last_progress = time.monotonic()
         self.synced.set()
 
     async def _watch(self) -> None:
@@ -127,57 +204,77 @@ class Informer:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": WATCH_TIMEOUT,
         }
-        async for event in self.kube.watch(self.list_path, params, timeout=WATCH_TIMEOUT):
+        self.watches += 1
+        self.last_progress = time.monotonic()
+        async for event in self.kube.watch(self.list_path, params, timeout=WATCH_TIMEOUT, silence=WATCH_SILENCE):
+            self.last_progress = time.monotonic()
             etype = event.get("type")
             obj = event.get("object") or {}
             if etype == "ERROR":
                 status = obj.get("code", 0)
                 raise ApiError(int(status or 500), str(obj.get("reason", "")), str(obj.get("message", "")), obj)
             rv = (obj.get("metadata") or {}).get("resourceVersion")
-            if rv:
-                self.resource_version = rv
             if etype == "BOOKMARK":
+                if rv:
+                    self.resource_version = rv
                 continue
             key = key_of(obj)
             if etype in ("ADDED", "MODIFIED"):
                 new = self._shrink(obj)
                 old = self.store.get(key)
                 self.store[key] = new
+                self._reindex(key, old, new)
                 self._notify(old, new)
             elif etype == "DELETED":
                 old = self.store.pop(key, None)
+                self._reindex(key, old, None)
                 self._notify(old if old is not None else self._shrink(obj), None)
-
-    def _before_sleep(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("informer %s: %s; relisting in %.1fs", self.name, exc, wait)
+            if rv:
+                self.resource_version = rv
 
     async def run(self) -> None:
-        """List and watch until cancelled. Never raises on API trouble; it backs off and relists.
+        """List and watch until cancelled; never ends on its own, whatever goes wrong.
 
-        A watch that ends cleanly (server timeout) is resumed from the last
-        resourceVersion; 410 Gone relists at once; any other error relists
-        after an exponential, jittered backoff that resets once a watch works.
+        - a watch that ends (the server's timeout) or breaks is resumed from the last
+          resourceVersion: no relist;
+        - 410 Gone, or an event that cannot be decoded, lists again;
+        - every failure, and a watch that ends at once, backs off before the next try
+          (a list that fails is tried again, a watch that fails is resumed);
+        - an error nobody expected (a credential plugin that crashed, a body that is not
+          JSON) is logged with its traceback and handled like any other failure.
         """
         need_list = True
+        failures = 0
         while True:
-            async for attempt in AsyncRetrying(
-                wait=wait_exponential_jitter(initial=0.5, max=30.0),
-                retry=retry_if_exception_type(ApiError),
-                before_sleep=self._before_sleep,
-            ):
-                with attempt:
-                    if need_list:
-                        await self._list()
-                        need_list = False
-                    try:
-                        await self._watch()
-                    except ApiError as exc:
-                        need_list = True
-                        if not exc.gone:
-                            raise
-                        log.info("informer %s: resourceVersion too old, relisting", self.name)
+            started = time.monotonic()
+            try:
+                if need_list:
+                    await self._list()
+                    need_list = False
+                await self._watch()
+                if time.monotonic() - started >= MIN_WATCH_SECONDS:
+                    failures = 0
+                    continue
+                error = "watch ended at once"
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                if exc.gone:
+                    log.info("informer %s: resourceVersion too old, relisting", self.name)
+                    need_list = True
+                    continue
+                if exc.reason == "InvalidWatchEvent":
+                    need_list = True
+                error = str(exc)
+            except Exception as exc:
+                log.exception("informer %s: unexpected error", self.name)
+                error = f"{type(exc).__name__}: {exc}"
+            failures += 1
+            self.failures += 1
+            wait = backoff(failures)
+            log.warning("informer %s: %s; %s in %.1fs", self.name, error,
+                        "listing" if need_list else "watching again", wait)
+            await asyncio.sleep(wait)
 
     async def _resync_loop(self) -> None:
         while True:
@@ -185,7 +282,13 @@ class Informer:
             for obj in list(self.store.values()):
                 self._notify(obj, obj)
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Run the reflector (and the resync), under ``supervisor`` when given."""
+        if supervisor is not None:
+            supervisor.spawn(f"informer:{self.name}", self.run)
+            if self.resync > 0:
+                supervisor.spawn(f"resync:{self.name}", self._resync_loop)
+            return
         self._task = asyncio.create_task(self.run(), name=f"informer:{self.name}")
         if self.resync > 0:
             self._resync_task = asyncio.create_task(self._resync_loop(), name=f"resync:{self.name}")

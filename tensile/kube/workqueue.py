@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("tensile.kube.workqueue")
@@ -118,6 +119,8 @@ class Workers:
         self.count = count
         self.on_error = on_error
         self._busy: dict[int, bool] = {}
+        #: worker -> (key, monotonic start) of the item it is handling
+        self._current: dict[int, tuple[str, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -126,6 +129,7 @@ class Workers:
             self._busy[n] = False
             key = await self.queue.get()
             self._busy[n] = True
+            self._current[n] = (key, time.monotonic())
             try:
                 again = await self.handler(key)
             except Exception as exc:  # noqa: BLE001 - every failure is reported and retried with backoff
@@ -139,8 +143,20 @@ class Workers:
                 if again is not None:
                     self.queue.add_after(key, again)
             finally:
+                self._current.pop(n, None)
                 self.queue.done(key)
         self._busy[n] = False
+
+    def oldest_start(self) -> float:
+        """When the longest-running item in hand started; now when the workers are idle."""
+        return min((started for _, started in self._current.values()), default=time.monotonic())
+
+    def longest_running(self) -> tuple[str, float] | None:
+        """The key handled for the longest time and for how many seconds, if any."""
+        if not self._current:
+            return None
+        key, started = min(self._current.values(), key=lambda item: item[1])
+        return key, time.monotonic() - started
 
     def start(self) -> None:
         self._tasks = [

@@ -1,0 +1,158 @@
+"""The pod controller's reconcile branches against fakes of both clusters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tensile import conventions as c
+from tensile.controllers.context import Config, Context
+from tensile.controllers.copies import LowerCopies
+from tensile.controllers.dependencies import DependencyController
+from tensile.controllers.namespaces import NamespaceEnsurer
+from tensile.controllers.pods import PodController
+from tensile.kube.errors import ApiError
+from tests.fakes import FakeKube, pod, seed
+
+JSON = dict[str, Any]
+VK = "vk-a"
+
+
+class World:
+    def __init__(self) -> None:
+        self.upper, self.lower = FakeKube("upper"), FakeKube("lower")
+        self.ctx = Context.build(Config(node_name=VK, cluster_id="low", node_ip="10.0.0.1"),
+                                 self.upper, self.lower, "up")  # type: ignore[arg-type]
+        seed(self.ctx.lower_namespaces, {"metadata": {"name": "ns"}})
+        namespaces = NamespaceEnsurer(self.lower, self.ctx.owner, self.ctx.lower_namespaces)  # type: ignore[arg-type]
+        self.deps = DependencyController(self.ctx, LowerCopies(self.ctx, namespaces))
+        self.pods = PodController(self.ctx, self.deps, namespaces)
+
+    def upper_pod(self, name: str = "p", **meta: Any) -> JSON:
+        obj = pod(name, metadata={"labels": {}, **meta}, spec={
+            "nodeName": VK, "containers": [{"name": "app", "image": "nginx"}]}, status={"phase": "Pending"})
+        seed(self.ctx.upper_pods, obj)
+        return obj
+
+    def lower_copy(self, upper: JSON, **meta: Any) -> JSON:
+        obj = pod(upper["metadata"]["name"], metadata={
+            "labels": self.ctx.owner.labels, "uid": "lower-uid",
+            "annotations": {c.UPPER_UID_ANNOTATION: upper["metadata"]["uid"]}, **meta},
+            spec={"containers": [{"name": "app", "image": "nginx"}]}, status={"phase": "Running"})
+        seed(self.ctx.lower_pods, obj)
+        return obj
+
+    def status_patches(self) -> list[JSON]:
+        return [b for p, b in self.upper.of("PATCH") if p.endswith("/status")]
+
+    async def events(self) -> list[str]:
+        await self.ctx.recorder.flush()
+        return [b["reason"] for p, b in self.upper.of("POST") if "/events" in p]
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+async def test_a_force_deleted_upper_pod_deletes_its_copy_at_once(world: World) -> None:
+    up = world.upper_pod()
+    world.lower_copy(up)
+    del world.ctx.upper_pods.store["ns/p"]
+    await world.pods.reconcile("ns/p")
+    assert world.lower.of("DELETE") == [("/api/v1/namespaces/ns/pods/p",
+                                        {"preconditions": {"uid": "lower-uid"}, "gracePeriodSeconds": 0})]
+
+
+async def test_a_shortened_grace_period_deletes_the_copy_again(world: World) -> None:
+    up = world.upper_pod(deletionTimestamp="t", deletionGracePeriodSeconds=1)
+    world.lower_copy(up, deletionTimestamp="t", deletionGracePeriodSeconds=300)
+    await world.pods.reconcile("ns/p")
+    assert [b["gracePeriodSeconds"] for _, b in world.lower.of("DELETE")] == [1]
+    # Same grace downstairs already: nothing more to do.
+    world.lower_copy(up, deletionTimestamp="t", deletionGracePeriodSeconds=1)
+    await world.pods.reconcile("ns/p")
+    assert len(world.lower.of("DELETE")) == 1
+
+
+async def test_a_name_held_by_a_foreign_pod_does_not_keep_the_upper_pod_terminating(world: World) -> None:
+    world.upper_pod(deletionTimestamp="t", deletionGracePeriodSeconds=30)
+    world.lower.answer("GET", "/api/v1/namespaces/ns/pods/p", pod("p", metadata={"labels": {"who": "else"}}))
+    assert await world.pods.reconcile("ns/p") is None
+    assert world.upper.of("DELETE") == [("/api/v1/namespaces/ns/pods/p",
+                                        {"gracePeriodSeconds": 0, "preconditions": {"uid": "uid-p"}})]
+    assert world.lower.of("DELETE") == []
+
+
+async def test_daemonset_pods_are_reported_ready_and_never_copied(world: World) -> None:
+    world.upper_pod(ownerReferences=[{"kind": "DaemonSet", "name": "agent", "controller": True, "uid": "d"}])
+    await world.pods.reconcile("ns/p")
+    await world.pods.reconcile("ns/p")
+    assert world.lower.of("POST") == []
+    status = world.status_patches()[0]["status"]
+    assert status["phase"] == "Running"
+    assert status["containerStatuses"][0]["state"]["waiting"]["reason"] == "DaemonSetPodNotCopied"
+    assert await world.events() == ["DaemonSetPodNotCopied"]  # once, not per reconcile
+
+
+@pytest.mark.parametrize(("status", "retried"), [(422, False), (403, True)])
+async def test_a_refused_create_is_held_with_one_event(world: World, status: int, retried: bool) -> None:
+    world.upper_pod()
+    world.lower.answer("POST", "/api/v1/namespaces/ns/pods",
+                       ApiError(status, "Refused", "POST: nope", {"message": "exceeded quota: q"}))
+    first = await world.pods.reconcile("ns/p")
+    second = await world.pods.reconcile("ns/p")
+    assert (first is not None) is retried
+    if retried:
+        assert second is not None and first is not None and second > first  # backs off
+    waiting = world.status_patches()[0]["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting["reason"] == "CreateContainerError" and "exceeded quota" in waiting["message"]
+    assert await world.events() == ["ProviderCreateFailed"]
+
+
+async def test_a_missing_configmap_holds_the_pod_as_a_kubelet_would(world: World) -> None:
+    up = world.upper_pod()
+    up["spec"]["volumes"] = [{"name": "v", "configMap": {"name": "late"}},
+                             {"name": "o", "configMap": {"name": "never", "optional": True}}]
+    delays = [await world.pods.reconcile("ns/p") for _ in range(3)]
+    assert delays == [5.0, 10.0, 20.0]
+    assert world.lower.of("POST") == []
+    waiting = world.status_patches()[0]["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting == {"reason": "CreateContainerConfigError", "message": 'configmap "late" not found'}
+    assert sorted(await world.events()) == ["MandatoryConfigMapNotFound", "OptionalConfigMapNotFound"]
+
+
+async def test_status_flows_up_while_the_lower_cluster_refuses_spec_updates(world: World) -> None:
+    up = world.upper_pod()
+    low = world.lower_copy(up)
+    up["metadata"]["labels"] = {"v": "2"}
+    low["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    world.lower.answer("PATCH", "/api/v1/namespaces/ns/pods/p",
+                       ApiError(403, "Forbidden", "PATCH: denied", {"message": "frozen by policy"}))
+    delay = await world.pods.reconcile("ns/p")
+    assert delay is not None and delay > 0  # looked at again slowly, not in a hot loop
+    assert world.status_patches()[0]["status"]["phase"] == "Running"
+    assert await world.events() == ["ProviderUpdateFailed"]
+
+
+async def test_a_copy_that_finished_and_vanished_hands_up_its_end(world: World) -> None:
+    up = world.upper_pod()
+    up["status"] = {"phase": "Running", "hostIP": "10.0.0.1"}
+    low = world.lower_copy(up)
+    low["status"] = {"phase": "Succeeded", "containerStatuses": [
+        {"name": "app", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}
+    world.pods._on_lower(low, None)  # the lower pod was deleted right after it finished
+    del world.ctx.lower_pods.store["ns/p"]
+    await world.pods.reconcile("ns/p")
+    assert world.lower.of("POST") == [] and world.upper.of("DELETE") == []
+    status = world.status_patches()[0]["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+
+
+async def test_a_finished_upper_pod_is_never_copied_again(world: World) -> None:
+    up = world.upper_pod()
+    up["status"] = {"phase": "Succeeded", "hostIP": "10.0.0.1"}
+    assert await world.pods.reconcile("ns/p") is None
+    assert world.lower.calls == []
