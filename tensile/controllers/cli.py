@@ -23,6 +23,11 @@ def _label(value: str) -> tuple[str, str]:
     return key, val
 
 
+def kubeconfig_exists(value: str) -> bool:
+    """``$KUBECONFIG`` may list several files, as for kubectl; the ones that exist are merged."""
+    return any(os.path.exists(os.path.expanduser(part)) for part in value.split(os.pathsep) if part)
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "virtual-node",
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         flat_network=args.flat_network,
     )
     for f in (args.kubeconfig, args.client_kubeconfig):
-        if f and not os.path.exists(f):
+        if f and not kubeconfig_exists(f):
             print(f"tensile virtual-node: kubeconfig {f} does not exist", file=sys.stderr)
             return 2
     try:

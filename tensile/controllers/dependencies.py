@@ -151,6 +151,7 @@ class DependencyController:
             if resource == deps.PVC:
                 await self._collect_mirror(ns, name)
             await self.copies.collect(resource, ns, name)
+            self.copies.conflicts.pop(key, None)  # nothing references it: forget its conflict
         self._unreferenced_since.pop(key, None)
         if not self._lock(key).locked():
             self._locks.pop(key, None)

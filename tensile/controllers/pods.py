@@ -140,7 +140,8 @@ class PodController:
     def _on_error(self, key: str, exc: BaseException) -> None:
         log.warning("pod sync failed: %s", exc, extra=fields(key, cluster=self.cluster))
         upper = self.ctx.upper_pods.get(key)
-        if upper is not None and self.queue.failures(key) in (0, 3, 10):
+        # The queue counted this failure already: 1 is the first. Then the 3rd and the 10th.
+        if upper is not None and self.queue.failures(key) in (1, 3, 10):
             self.ctx.recorder.event(upper, WARNING, "ProviderSyncFailed", f"tensile: {exc}")
 
     def _warn_once(self, upper: JSON, topic: str, reason: str, message: str) -> None:

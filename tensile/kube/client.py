@@ -173,6 +173,15 @@ class Kube:
             ctx.load_cert_chain(self.config.cert_file, self.config.key_file)
         return ctx
 
+    def _route(self) -> dict[str, Any]:
+        """The kubeconfig's ``proxy-url`` and ``tls-server-name``, which kubectl honours too."""
+        route: dict[str, Any] = {}
+        if getattr(self.config, "proxy", None):
+            route["proxy"] = self.config.proxy
+        if getattr(self.config, "tls_server_name", None):
+            route["server_hostname"] = self.config.tls_server_name
+        return route
+
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -237,6 +246,7 @@ class Kube:
             async with self.session.request(
                 method, self.host + url_path, params=params, data=data,
                 headers=await self._headers(content_type), timeout=aiohttp.ClientTimeout(total=timeout),
+                **self._route(),
             ) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
@@ -284,6 +294,7 @@ class Kube:
             async with self.session.get(
                 self.host + url_path, params=query, headers=await self._headers(None),
                 timeout=aiohttp.ClientTimeout(total=timeout + 30, sock_read=silence or timeout + 30),
+                **self._route(),
             ) as resp:
                 if resp.status >= 400:
                     if resp.status == 401:

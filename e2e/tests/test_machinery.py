@@ -1,0 +1,216 @@
+"""The virtual node's machinery under production conditions (issue: machinery).
+
+Credential plugins that fail, apiserver restarts, and pod traffic that would
+starve the heartbeat: the node must keep its caches following, its Lease
+renewed, and tell the truth in /healthz.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import datetime
+import itertools
+import secrets
+import socket
+import stat
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from e2e.cluster import LocalCluster, wait_for
+from e2e.fixtures import LOWER_NODES, UPPER_NODES
+from e2e.kube_helpers import create_namespace, pod_manifest, unique, wait_pod_running
+from e2e.virtualnode import VirtualNodeProcess
+from tensile import conventions as c
+
+pytestmark = pytest.mark.e2e
+
+TOKEN_HELPER = """#!/bin/sh
+# A kubectl exec credential plugin: prints the token in $1; fails once if $2 exists.
+if [ -e "$2" ]; then rm -f "$2"; echo "token service unavailable" >&2; exit 1; fi
+printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"%s"}}' "$(cat "$1")"
+"""
+
+
+def healthz(vn: VirtualNodeProcess) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{vn.metrics_port}/healthz", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def lease_renewed(upper: LocalCluster, node: str) -> datetime.datetime:
+    lease = k8s.CoordinationV1Api(upper.api()).read_namespaced_lease(node, c.NODE_LEASE_NAMESPACE)
+    renewed = lease.spec.renew_time
+    assert isinstance(renewed, datetime.datetime)
+    return renewed
+
+
+def test_a_credential_plugin_that_fails_once_is_survived(
+    make_cluster: Callable[..., LocalCluster], make_virtual_node: Callable[..., VirtualNodeProcess], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens.csv"
+    old, new = "old-" + secrets.token_hex(16), "new-" + secrets.token_hex(16)
+    tokens.write_text(f'{old},tensile-vn,tensile-vn,"system:masters"\n')
+    upper = make_cluster("upper", list(UPPER_NODES), apiserver_args=[f"--token-auth-file={tokens}"])
+    lower = make_cluster("lower", list(LOWER_NODES))
+    helper, token_file, fail_flag = tmp_path / "token-helper", tmp_path / "token", tmp_path / "fail-once"
+    helper.write_text(TOKEN_HELPER)
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    token_file.write_text(old)
+    kubeconfig = tmp_path / "exec.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "u", "cluster": {"server": upper.server, "certificate-authority": str(upper.ca_file)}}],
+        "users": [{"name": "exec", "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1", "command": str(helper),
+            "args": [str(token_file), str(fail_flag)], "interactiveMode": "Never"}}}],
+        "contexts": [{"name": "x", "context": {"cluster": "u", "user": "exec"}}]}))
+    vk = "vk-exec"
+    vn = make_virtual_node(upper, lower, vk, upper_kubeconfig=kubeconfig)
+    ns = unique("exec")
+    create_namespace(upper, ns)
+    # Rotation: the old token dies with an apiserver restart, and the plugin fails on its first run after.
+    tokens.write_text(f'{new},tensile-vn,tensile-vn,"system:masters"\n')
+    upper.stop_apiserver()
+    token_file.write_text(new)
+    fail_flag.write_text("x")
+    upper.start_apiserver()
+    wait_for(lambda: not fail_flag.exists(), 60, what="the plugin's failure consumed by a re-authentication")
+    since = datetime.datetime.now(datetime.UTC)
+    # The cache keeps following: a pod created now is copied down and Running upstairs.
+    upper.core.create_namespaced_pod(ns, pod_manifest("after", node_name=vk))
+    wait_pod_running(lower, ns, "after", timeout=90)
+    wait_pod_running(upper, ns, "after", timeout=60)
+    # The Lease keeps renewing, and the process says it is healthy.
+    wait_for(lambda: lease_renewed(upper, vk) > since, 60, what="Lease renewed after the plugin failed")
+    assert healthz(vn) == 200
+    assert vn.metrics()["tensile_upper_reauths"] >= 1
+
+
+class BreakableProxy:
+    """A TCP proxy to an apiserver whose connections the test can cut, as a network fault or a
+    load balancer's reconnect would; TLS passes through untouched."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass  # the other side was cut: this direction ends too
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> int:
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        return len(conns)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def test_broken_connections_resume_watches_without_relisting(
+    make_cluster: Callable[..., LocalCluster], make_virtual_node: Callable[..., VirtualNodeProcess], tmp_path: Path
+) -> None:
+    upper = make_cluster("upper", list(UPPER_NODES))
+    lower = make_cluster("lower", list(LOWER_NODES))
+    proxy = BreakableProxy(urllib.parse.urlsplit(upper.server).port or 443)
+    try:
+        config = yaml.safe_load(upper.kubeconfig.read_text())
+        config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+        kubeconfig = tmp_path / "via-proxy.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(config))
+        vk = "vk-cut"
+        vn = make_virtual_node(upper, lower, vk, upper_kubeconfig=kubeconfig)
+        ns = unique("cut")
+        create_namespace(upper, ns)
+        upper.core.create_namespaced_pod(ns, pod_manifest("before", node_name=vk))
+        wait_pod_running(upper, ns, "before", timeout=60)
+
+        def upper_counters(kind: str) -> dict[str, float]:
+            return {k: v for k, v in vn.metrics().items()
+                    if k.startswith(f"tensile_informer_{kind}{{informer=\"upper-")}
+
+        lists_before, watches_before = upper_counters("lists"), upper_counters("watches")
+        assert proxy.cut() > 0  # every upper connection: watches, requests, the heartbeat's
+        upper.core.create_namespaced_pod(ns, pod_manifest("after", node_name=vk))
+        wait_pod_running(lower, ns, "after", timeout=90)
+        wait_pod_running(upper, ns, "after", timeout=60)
+        wait_for(lambda: all(v > watches_before[k] for k, v in upper_counters("watches").items()), 60,
+                 what="every upper watch resumed")
+        assert upper_counters("lists") == lists_before  # resumed from the last resourceVersion: no LIST
+        assert healthz(vn) == 200
+    finally:
+        proxy.close()
+
+
+def test_held_pods_do_not_delay_the_lease_and_write_one_event_each(
+    make_cluster: Callable[..., LocalCluster], make_virtual_node: Callable[..., VirtualNodeProcess]
+) -> None:
+    upper = make_cluster("upper", list(UPPER_NODES))
+    lower = make_cluster("lower", list(LOWER_NODES))
+    vk = "vk-held"
+    # A small budget makes starvation visible with a few hundred pods instead of thousands.
+    vn = make_virtual_node(upper, lower, vk, extra_args=["--qps=20", "--burst=20"])
+    ns = unique("held")
+    create_namespace(upper, ns)
+    count = 300
+
+    def create(i: int) -> None:
+        upper.core.create_namespaced_pod(ns, pod_manifest(
+            f"held-{i}", node_name=vk, containers=[{"name": "app", "image": "nginx", "env": [
+                {"name": "P", "valueFrom": {"secretKeyRef": {"name": "missing", "key": "p"}}}]}]))
+
+    renewals: list[datetime.datetime] = [lease_renewed(upper, vk)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(count)))
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        seen = lease_renewed(upper, vk)
+        if seen != renewals[-1]:
+            renewals.append(seen)
+        time.sleep(0.5)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(renewals)]
+    print(f"lease renewals during the held-pod storm: {len(renewals)}, gaps {gaps}")
+    assert len(renewals) >= 4 and max(gaps) < 20  # renewed every ~10 s; the Lease lasts 40 s
+    held = [e for e in upper.core.list_namespaced_event(ns).items if e.reason == "MandatorySecretNotFound"]
+    assert 0 < len(held) <= count and all((e.count or 1) == 1 for e in held)  # one per pod, not per recheck
+    assert vn.metrics()["tensile_heartbeat_requests"] >= len(renewals)
