@@ -118,11 +118,22 @@ def test_serving_with_a_bad_certificate_fails_with_one_line(tmp_path: Path, caps
     assert "cannot load the TLS certificate/key" in one_line_error(capsys)
 
 
-def test_certs_writes_the_four_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_certs_writes_no_ca_key_into_the_mounted_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "pki"
     assert run("certs", str(out), "--host", "127.0.0.1", "--dns", "tensile-webhook.ns.svc") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "ca.key", "tls.crt", "tls.key"]
-    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_certs_keeps_the_ca_key_only_where_asked_and_never_beside_the_serving_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, private = tmp_path / "pki", tmp_path / "private" / "ca.key"
+    assert run("certs", str(out), "--host", "127.0.0.1", "--ca-key-file", str(private)) == 0
+    assert private.exists() and not (out / "ca.key").exists()
+    capsys.readouterr()
+    assert run("certs", str(out), "--host", "127.0.0.1", "--ca-key-file", str(out / "ca.key")) == 2
+    assert "CA key" in one_line_error(capsys)
 
 
 def test_certs_without_sans_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

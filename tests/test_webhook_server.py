@@ -29,7 +29,7 @@ from tensile.conventions import (
 )
 from webhook import signing
 from webhook.certs import CertPaths, generate
-from webhook.server import ServerOptions, signing_key, start
+from webhook.server import ServerOptions, mutate_options, reloader, signing_key, start
 
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 REPO = Path(__file__).resolve().parents[1]
@@ -88,9 +88,8 @@ def test_serving_cert_has_ip_and_dns_sans(certs: CertPaths) -> None:
 
 
 def test_key_files_are_private(certs: CertPaths) -> None:
-    for key in (certs.ca_key, certs.tls_key):
-        assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert {p.name for p in certs.ca_cert.parent.iterdir()} == {"ca.crt", "ca.key", "tls.crt", "tls.key"}
+    assert stat.S_IMODE(certs.tls_key.stat().st_mode) == 0o600
+    assert {p.name for p in certs.ca_cert.parent.iterdir()} == {"ca.crt", "tls.crt", "tls.key"}
 
 
 def test_host_names_become_dns_sans_and_ipv6_hosts_ip_sans(tmp_path: Path) -> None:
@@ -281,3 +280,43 @@ def test_cli_serves_and_stops_gracefully_on_sigterm(certs: CertPaths) -> None:
         if process.poll() is None:
             process.kill()
             process.communicate(timeout=10)
+
+
+# --- certificate rotation -----------------------------------------------------------------------------
+
+
+async def _served_certificate(port: int) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+    assert isinstance(der, bytes)
+    return der
+
+
+async def test_a_rotated_serving_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    first = generate(tmp_path, ["127.0.0.1"], [], days=1)
+    options = ServerOptions(tls_cert_file=first.tls_cert, tls_key_file=first.tls_key, port=0,
+                            bind_address="127.0.0.1")
+    runner, port = await asyncio.wait_for(start(options), 10)
+    try:
+        before = await _served_certificate(port)
+        rotator = reloader(runner)
+        assert rotator.check() is False  # nothing changed yet
+        old_key = mutate_options(runner).signing_key
+        generate(tmp_path, ["127.0.0.1"], [], days=2)  # cert-manager renews in place
+        assert rotator.check() is True
+        after = await _served_certificate(port)
+        assert after != before
+        assert after == ssl.PEM_cert_to_DER_cert(first.tls_cert.read_text())
+        assert mutate_options(runner).signing_key != old_key  # the signing key follows the serving key
+        # A half-written pair is not loaded; the current one keeps serving.
+        first.tls_key.write_text("-----BEGIN PRIVATE KEY-----\ntruncated")
+        assert rotator.check() is False
+        assert await _served_certificate(port) == after
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 15)

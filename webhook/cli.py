@@ -131,13 +131,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     certs = commands.add_parser(
         "certs",
-        help="write ca.crt, ca.key, tls.crt, tls.key for the webhook",
+        help="write ca.crt, tls.crt, tls.key for the webhook (the CA key only with --ca-key-file)",
         description="Generate a CA and a serving certificate signed by it. IP hosts become IP SANs.",
     )
     certs.add_argument("directory", type=Path, metavar="DIR")
     certs.add_argument("--host", action="append", default=[], help="IP address or host name (repeatable)")
     certs.add_argument("--dns", action="append", default=[], help="DNS name, e.g. NAME.NAMESPACE.svc (repeatable)")
     certs.add_argument("--days", type=_non_negative, default=365, help="validity in days (default 365)")
+    certs.add_argument("--ca-key-file", type=Path, default=None,
+                       help="keep the CA key here, outside DIR (default: not kept; DIR is what gets mounted)")
     certs.set_defaults(func=_run_certs)
     _add_logging_flags(certs, argparse.SUPPRESS)
 
@@ -231,10 +233,10 @@ def _run_certs(args: argparse.Namespace) -> int:
     if args.days == 0:
         return _fail("--days must be positive")
     try:
-        paths = generate(args.directory, args.host, args.dns, days=args.days)
+        paths = generate(args.directory, args.host, args.dns, days=args.days, ca_key_file=args.ca_key_file)
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
-    for path in (paths.ca_cert, paths.ca_key, paths.tls_cert, paths.tls_key):
+    for path in (p for p in (paths.ca_cert, paths.ca_key, paths.tls_cert, paths.tls_key) if p is not None):
         print(path)
     return 0
 

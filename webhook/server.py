@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import signal
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -32,7 +33,8 @@ from webhook.mutate import MutateOptions
 from webhook.review import Decision, handle_review
 from webhook.signing import derive_key
 
-__all__ = ["LOGGER_NAME", "ServerOptions", "create_app", "serve", "signing_key", "ssl_context", "start"]
+__all__ = ["LOGGER_NAME", "CertReloader", "ServerOptions", "create_app", "mutate_options", "reloader", "serve",
+           "signing_key", "ssl_context", "start"]
 
 LOGGER_NAME = "tensile.webhook"
 log = logging.getLogger(LOGGER_NAME)
@@ -41,10 +43,11 @@ log = logging.getLogger(LOGGER_NAME)
 @dataclasses.dataclass
 class _State:
     ready: bool = True
+    #: Set by ``create_app``; replaced when a rotated serving key changes the signing key.
+    mutate: MutateOptions = dataclasses.field(default_factory=MutateOptions)
 
 
 _STATE = web.AppKey("state", _State)
-_MUTATE_OPTIONS = web.AppKey("mutate_options", MutateOptions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +106,7 @@ def _log_decision(decision: Decision, status: int) -> None:
 async def _mutate(request: web.Request) -> web.Response:
     body = await request.read()  # raises 413 past client_max_size
     decisions: list[Decision] = []
-    status, result = handle_review(body, request.app[_MUTATE_OPTIONS], decisions)
+    status, result = handle_review(body, request.app[_STATE].mutate, decisions)
     for decision in decisions:
         _log_decision(decision, status)
     return web.Response(status=status, body=orjson.dumps(result), content_type="application/json")
@@ -131,13 +134,12 @@ def create_app(options: ServerOptions | MutateOptions | None = None) -> web.Appl
     (default body limit; its signing key is used as it is).
     """
     if isinstance(options, ServerOptions):
-        mutate_options = dataclasses.replace(options.mutate, signing_key=signing_key(options))
+        mutation = dataclasses.replace(options.mutate, signing_key=signing_key(options))
         max_body = options.max_body_bytes
     else:
-        mutate_options, max_body = options or MutateOptions(), ServerOptions.max_body_bytes
+        mutation, max_body = options or MutateOptions(), ServerOptions.max_body_bytes
     app = web.Application(client_max_size=max_body)
-    app[_MUTATE_OPTIONS] = mutate_options
-    app[_STATE] = _State()
+    app[_STATE] = _State(mutate=mutation)
     app.router.add_post("/mutate", _mutate)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -145,13 +147,84 @@ def create_app(options: ServerOptions | MutateOptions | None = None) -> web.Appl
     return app
 
 
+class CertReloader:
+    """Load a rotated serving certificate into the live TLS context, without a restart.
+
+    cert-manager and kubelet's Secret volumes replace the files in place (a symlink swap); new
+    TLS handshakes then get the new certificate while open connections finish on the old one.
+    When the signing key is derived from the serving key, it follows the new key too. A pair
+    that does not load (caught half-written) is logged and the old one kept; the next check
+    tries again.
+    """
+
+    def __init__(self, options: ServerOptions, context: ssl.SSLContext, app: web.Application) -> None:
+        self.options = options
+        self.context = context
+        self.app = app
+        self.reloads = 0
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[tuple[int, int], ...]:
+        stamps = []
+        for path in (self.options.tls_cert_file, self.options.tls_key_file):
+            try:
+                st = path.stat()
+                stamps.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append((0, 0))
+        return tuple(stamps)
+
+    def check(self) -> bool:
+        """Reload if the files changed since the last successful load; True when it reloaded."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return False
+        try:
+            self.context.load_cert_chain(certfile=str(self.options.tls_cert_file),
+                                         keyfile=str(self.options.tls_key_file))
+            key = signing_key(self.options)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.warning("serving certificate changed but does not load yet: %s", exc)
+            return False
+        if self.options.signing_key_file is None:
+            state = self.app[_STATE]
+            state.mutate = dataclasses.replace(state.mutate, signing_key=key)
+        self._seen = stamp
+        self.reloads += 1
+        log.info("serving certificate reloaded", extra={"cert": str(self.options.tls_cert_file)})
+        return True
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.check()
+
+
+#: How often the serving certificate files are checked for rotation.
+CERT_CHECK_SECONDS = 10.0
+_RELOADER = web.AppKey("cert_reloader", CertReloader)
+
+
 async def start(options: ServerOptions) -> tuple[web.AppRunner, int]:
     """Start serving over TLS; returns the runner (``await runner.cleanup()`` stops it) and the port.
 
-    ``options.port`` 0 picks a free port; the one actually bound is returned.
+    ``options.port`` 0 picks a free port; the one actually bound is returned. The serving
+    certificate is reloaded when its files change (:class:`CertReloader`).
     """
     context = ssl_context(options.tls_cert_file, options.tls_key_file)
-    runner = web.AppRunner(create_app(options), access_log=None, shutdown_timeout=options.shutdown_timeout)
+    app = create_app(options)
+    reloader = CertReloader(options, context, app)
+    app[_RELOADER] = reloader
+
+    async def reload_certs(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(reloader.run(CERT_CHECK_SECONDS), name="webhook:cert-reload")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(reload_certs)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=options.shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, options.bind_address, options.port, ssl_context=context)
     try:
@@ -165,6 +238,16 @@ async def start(options: ServerOptions) -> tuple[web.AppRunner, int]:
             port = int(address[1])
             break
     return runner, port
+
+
+def reloader(runner: web.AppRunner) -> CertReloader:
+    """The certificate reloader of a runner made by :func:`start`."""
+    return runner.app[_RELOADER]
+
+
+def mutate_options(runner: web.AppRunner) -> MutateOptions:
+    """The mutation options a runner made by :func:`start` serves with right now."""
+    return runner.app[_STATE].mutate
 
 
 async def serve(options: ServerOptions) -> None:

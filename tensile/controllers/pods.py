@@ -82,8 +82,8 @@ class PodController:
         self.workers = Workers(self.queue, self.reconcile, ctx.config.pod_workers, self._on_error)
         self.stats: dict[str, int] = {"created": 0, "deleted_lower": 0, "deleted_upper": 0, "status_updates": 0,
                                       "spec_updates": 0, "failed_out_of_band": 0}
-        #: (upper uid, topic) -> the (reason, message) last reported in a Warning Event.
-        self._reported: dict[tuple[str, str], tuple[str, str]] = {}
+        #: upper uid -> topic -> the (reason, message) last reported in a Warning Event.
+        self._reported: dict[str, dict[str, tuple[str, str]]] = {}
         #: pod key -> how often it was held in a row (for the recheck backoff).
         self._held: dict[str, int] = {}
         #: pod key -> the last state of a lower copy that finished and was then deleted.
@@ -107,9 +107,7 @@ class PodController:
         if obj is None:
             return
         if new is None:
-            uid = str(meta_of(obj).get("uid", ""))
-            for key in [k for k in self._reported if k[0] == uid]:
-                del self._reported[key]
+            self._reported.pop(str(meta_of(obj).get("uid", "")), None)
         self.queue.add(key_of(obj))
 
     def _on_lower(self, old: JSON | None, new: JSON | None) -> None:
@@ -146,17 +144,22 @@ class PodController:
 
     def _warn_once(self, upper: JSON, topic: str, reason: str, message: str) -> None:
         """A Warning Event when what is wrong about ``topic`` changes, not on every retry."""
-        slot = (str(meta_of(upper).get("uid", "")), topic)
-        if self._reported.get(slot) == (reason, message):
+        topics = self._reported.setdefault(str(meta_of(upper).get("uid", "")), {})
+        if topics.get(topic) == (reason, message):
             return
-        self._reported[slot] = (reason, message)
+        topics[topic] = (reason, message)
         self.ctx.recorder.event(upper, WARNING, reason, message)
         log.warning("%s: %s", reason, message, extra=fields(key_of(upper), cluster=self.cluster))
 
     def _resolved(self, upper: JSON, *topics: str) -> None:
         uid = str(meta_of(upper).get("uid", ""))
+        reported = self._reported.get(uid)
+        if reported is None:
+            return
         for topic in topics:
-            self._reported.pop((uid, topic), None)
+            reported.pop(topic, None)
+        if not reported:
+            del self._reported[uid]
 
     # --- reconcile ---------------------------------------------------------------------------
 
