@@ -224,6 +224,8 @@ class LocalCluster(Supervised, KubeconfigClients):
             "--api-audiences=https://kubernetes.default.svc.cluster.local",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--authorization-mode=Node,RBAC",
+            # As in production clusters: nodes may change only their own Node, Lease and pods.
+            "--enable-admission-plugins=NodeRestriction",
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             f"--kubelet-client-certificate={p.kubelet_client_cert}",
