@@ -271,6 +271,22 @@ class LocalCluster(Supervised, KubeconfigClients):
         }
         self.kubeconfig.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
+    def node_kubeconfig(self, node: str) -> Path:
+        """A kubeconfig with a kubelet's credentials for ``node`` (``system:node:NODE``)."""
+        p = self._pki()
+        cert, key = self.dir / "pki" / f"node-{node}.crt", self.dir / "pki" / f"node-{node}.key"
+        pki.write_node_credentials(p, node, cert, key)
+        path = self.dir / f"node-{node}.kubeconfig"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": self.name,
+                          "cluster": {"server": self.server, "certificate-authority": str(p.ca_cert)}}],
+            "users": [{"name": node, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+            "contexts": [{"name": node, "context": {"cluster": self.name, "user": node}}],
+            "current-context": node,
+        }, sort_keys=False))
+        return path
+
     def _scheduler_config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {
             "apiVersion": "kubescheduler.config.k8s.io/v1",

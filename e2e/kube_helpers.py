@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
@@ -111,3 +112,26 @@ def kubectl(cluster: LocalCluster, *args: str, stdin: str | None = None, timeout
     if proc.returncode != 0:
         raise RuntimeError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
+
+
+class StaticTokens:
+    """An apiserver ``--token-auth-file`` holding one admin token that a test can rotate.
+
+    Static tokens make a rotation exact: once the apiserver restarts with the new file, the old
+    token is rejected for certain (there is no authentication cache to wait out).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.token = ""
+        self.rotate()
+
+    @property
+    def apiserver_args(self) -> list[str]:
+        return [f"--token-auth-file={self.path}"]
+
+    def rotate(self) -> str:
+        """Write a new token (the apiserver reads it at its next start) and return it."""
+        self.token = f"tok-{secrets.token_hex(16)}"
+        self.path.write_text(f'{self.token},tensile-vn,tensile-vn,"system:masters"\n')
+        return self.token

@@ -71,3 +71,16 @@ def write_cluster_pki(directory: Path, service_ip: str = "10.0.0.1") -> ClusterP
         sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return p
+
+
+def write_node_credentials(p: ClusterPKI, node: str, cert_path: Path, key_path: Path) -> None:
+    """A kubelet's client certificate: ``system:node:NODE`` in ``system:nodes``, which the Node
+    authorizer and NodeRestriction limit to that node's own objects."""
+    from cryptography import x509
+
+    ca_cert = x509.load_pem_x509_certificate(p.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(p.ca_key.read_bytes(), password=None)
+    cert, key = issue((ca_cert, ca_key), f"system:node:{node}", _DAYS, org="system:nodes",  # type: ignore[arg-type]
+                      client=True)
+    write_cert(cert_path, cert)
+    write_key(key_path, key)

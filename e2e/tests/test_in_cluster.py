@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import ssl
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ from kubernetes import utils
 
 from e2e.cluster import LocalCluster, wait_for
 from e2e.fixtures import LOWER_NODES, UPPER_NODES
-from e2e.kube_helpers import create_namespace, pod_manifest, unique, wait_event, wait_pod_running
+from e2e.kube_helpers import StaticTokens, create_namespace, pod_manifest, unique, wait_event, wait_pod_running
 from e2e.virtualnode import VirtualNodeProcess
 
 pytestmark = pytest.mark.e2e
@@ -82,12 +81,9 @@ def test_service_account_credentials_and_least_privilege_rbac_suffice(
 def test_rotated_kubeconfig_token_is_reloaded_after_401(
     make_cluster: Callable[..., LocalCluster], make_virtual_node: Callable[..., VirtualNodeProcess], tmp_path: Path
 ) -> None:
-    # Static tokens make the rotation exact: after the apiserver restarts with the new
-    # file, the old token is rejected for certain (no authentication cache to wait out).
-    tokens = tmp_path / "tokens.csv"
-    old_token, new_token = "old-" + secrets.token_hex(16), "new-" + secrets.token_hex(16)
-    tokens.write_text(f'{old_token},tensile-vn,tensile-vn,"system:masters"\n')
-    upper = make_cluster("upper", list(UPPER_NODES), apiserver_args=[f"--token-auth-file={tokens}"])
+    tokens = StaticTokens(tmp_path / "tokens.csv")
+    old_token = tokens.token
+    upper = make_cluster("upper", list(UPPER_NODES), apiserver_args=tokens.apiserver_args)
     lower = make_cluster("lower", list(LOWER_NODES))
     kubeconfig = upper.dir / "rotating.kubeconfig"
     write_token_kubeconfig(upper, kubeconfig, old_token)
@@ -97,7 +93,7 @@ def test_rotated_kubeconfig_token_is_reloaded_after_401(
     upper.core.create_namespaced_pod(ns, pod_manifest("before"))
     wait_pod_running(upper, ns, "before")
     # Rotate: new token file, apiserver restarted, new token delivered in the same kubeconfig.
-    tokens.write_text(f'{new_token},tensile-vn,tensile-vn,"system:masters"\n')
+    new_token = tokens.rotate()
     upper.stop_apiserver()
     write_token_kubeconfig(upper, kubeconfig, new_token)
     upper.start_apiserver()

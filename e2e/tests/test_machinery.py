@@ -11,9 +11,9 @@ import concurrent.futures
 import contextlib
 import datetime
 import itertools
-import secrets
 import socket
 import stat
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -27,7 +27,7 @@ from kubernetes import client as k8s
 
 from e2e.cluster import LocalCluster, wait_for
 from e2e.fixtures import LOWER_NODES, UPPER_NODES
-from e2e.kube_helpers import create_namespace, pod_manifest, unique, wait_pod_running
+from e2e.kube_helpers import StaticTokens, create_namespace, pod_manifest, unique, wait_pod_running
 from e2e.virtualnode import VirtualNodeProcess
 from tensile import conventions as c
 
@@ -58,15 +58,13 @@ def lease_renewed(upper: LocalCluster, node: str) -> datetime.datetime:
 def test_a_credential_plugin_that_fails_once_is_survived(
     make_cluster: Callable[..., LocalCluster], make_virtual_node: Callable[..., VirtualNodeProcess], tmp_path: Path
 ) -> None:
-    tokens = tmp_path / "tokens.csv"
-    old, new = "old-" + secrets.token_hex(16), "new-" + secrets.token_hex(16)
-    tokens.write_text(f'{old},tensile-vn,tensile-vn,"system:masters"\n')
-    upper = make_cluster("upper", list(UPPER_NODES), apiserver_args=[f"--token-auth-file={tokens}"])
+    tokens = StaticTokens(tmp_path / "tokens.csv")
+    upper = make_cluster("upper", list(UPPER_NODES), apiserver_args=tokens.apiserver_args)
     lower = make_cluster("lower", list(LOWER_NODES))
     helper, token_file, fail_flag = tmp_path / "token-helper", tmp_path / "token", tmp_path / "fail-once"
     helper.write_text(TOKEN_HELPER)
     helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
-    token_file.write_text(old)
+    token_file.write_text(tokens.token)
     kubeconfig = tmp_path / "exec.kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "x",
@@ -80,7 +78,7 @@ def test_a_credential_plugin_that_fails_once_is_survived(
     ns = unique("exec")
     create_namespace(upper, ns)
     # Rotation: the old token dies with an apiserver restart, and the plugin fails on its first run after.
-    tokens.write_text(f'{new},tensile-vn,tensile-vn,"system:masters"\n')
+    new = tokens.rotate()
     upper.stop_apiserver()
     token_file.write_text(new)
     fail_flag.write_text("x")
@@ -214,3 +212,60 @@ def test_held_pods_do_not_delay_the_lease_and_write_one_event_each(
     held = [e for e in upper.core.list_namespaced_event(ns).items if e.reason == "MandatorySecretNotFound"]
     assert 0 < len(held) <= count and all((e.count or 1) == 1 for e in held)  # one per pod, not per recheck
     assert vn.metrics()["tensile_heartbeat_requests"] >= len(renewals)
+
+
+def test_the_virtual_node_runs_with_a_kubelets_credentials(
+    make_cluster: Callable[..., LocalCluster], make_virtual_node: Callable[..., VirtualNodeProcess]
+) -> None:
+    upper = make_cluster("upper", list(UPPER_NODES))  # the Node authorizer and NodeRestriction are on
+    lower = make_cluster("lower", list(LOWER_NODES))
+    vk = "vk-node"
+    node_kubeconfig = upper.node_kubeconfig(vk)
+    vn = make_virtual_node(upper, lower, vk, upper_kubeconfig=node_kubeconfig, extra_args=["--node-credentials"])
+    ns = unique("node")
+    create_namespace(upper, ns)
+    core = upper.core
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "cfg"}, "data": {"mode": "blue"}})
+    core.create_namespaced_secret(ns, {"metadata": {"name": "pw"}, "stringData": {"p": "hunter2"}})
+    core.create_namespaced_secret(ns, {"metadata": {"name": "unrelated"}, "stringData": {"p": "nope"}})
+    core.create_namespaced_service(ns, {"metadata": {"name": "web"}, "spec": {
+        "selector": {"app": "web"}, "ports": [{"port": 80}]}})
+    core.create_namespaced_pod(ns, pod_manifest("web", labels={"app": "web"}, containers=[{
+        "name": "app", "image": "nginx", "volumeMounts": [{"name": "c", "mountPath": "/c"}],
+        "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "pw", "key": "p"}}}]}],
+        volumes=[{"name": "c", "configMap": {"name": "cfg"}}]))
+    up = wait_pod_running(upper, ns, "web", timeout=90)
+    assert up.spec.node_name == vk
+    wait_pod_running(lower, ns, "web", timeout=30)
+    assert lower.core.read_namespaced_config_map("cfg", ns).data == {"mode": "blue"}
+    assert lower.core.read_namespaced_secret("pw", ns).data
+    wait_for(lambda: lower.core.list_namespaced_service(ns).items, 30, what="Service copy")
+    # Updates of what the pod refers to are followed, object by object.
+    core.patch_namespaced_config_map("cfg", ns, {"data": {"mode": "green"}})
+    wait_for(lambda: lower.core.read_namespaced_config_map("cfg", ns).data == {"mode": "green"}, 30,
+             what="ConfigMap update downstairs")
+    # A Secret no pod of the node refers to stays out of reach, as for a kubelet.
+    with pytest.raises(RuntimeError, match="Forbidden"):
+        kubectl_as(node_kubeconfig, "get", "secret", "unrelated", "-n", ns)
+    assert [s.metadata.name for s in lower.core.list_namespaced_secret(ns).items
+            if (s.metadata.labels or {}).get(c.OWNER_NODE_LABEL) == vk] == ["pw"]
+    # Deletion and collection work within the node's rights.
+    core.delete_namespaced_pod("web", ns)
+    wait_for(lambda: not core.list_namespaced_pod(ns).items, 60, what="upper pod removed")
+    wait_for(lambda: not [x for x in lower.core.list_namespaced_config_map(ns).items
+                          if (x.metadata.labels or {}).get(c.OWNER_NODE_LABEL) == vk], 60, what="copy collected")
+    node = core.read_node(vk)
+    assert node.metadata.labels[c.VIRTUAL_NODE_TYPE_LABEL] == c.VIRTUAL_NODE_TYPE_VALUE
+    assert c.ROLE_LABEL not in node.metadata.labels  # NodeRestriction refuses it to a node
+    assert healthz(vn) == 200
+    refused = [line for line in vn.log_tail(100000).splitlines()
+               if "forbidden" in line.lower() and "no relationship found" not in line]
+    assert refused == [], refused[:3]
+
+
+def kubectl_as(kubeconfig: Path, *args: str) -> str:
+    proc = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args], capture_output=True, text=True,
+                          timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    return proc.stdout

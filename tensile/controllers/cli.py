@@ -56,6 +56,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--flat-network", action="store_true",
                    help="pod IPs route between clusters: copy Services without selector plus the upper "
                         "EndpointSlices (Tensile Kube's mode) instead of letting the lower cluster select pods")
+    p.add_argument("--node-credentials", action="store_true",
+                   help="the upper credentials are a kubelet's (system:node:NODENAME under the Node authorizer and "
+                        "NodeRestriction): follow only what pods refer to; no role/managed-by labels, no mirror PVs")
     p.add_argument("--pod-workers", type=int, default=8)
     p.add_argument("--dependency-gc-delay", type=float, default=10.0, metavar="SECONDS",
                    help="how long a lower ConfigMap/Secret/PVC/ServiceAccount copy stays after its last pod is gone, "
@@ -80,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
         pod_workers=args.pod_workers,
         dependency_gc_delay=args.dependency_gc_delay,
         flat_network=args.flat_network,
+        node_credentials=args.node_credentials,
     )
+    if args.node_credentials and args.flat_network:
+        print("tensile virtual-node: --flat-network copies EndpointSlices, which node credentials may not read",
+              file=sys.stderr)
+        return 2
     for f in (args.kubeconfig, args.client_kubeconfig):
         if f and not kubeconfig_exists(f):
             print(f"tensile virtual-node: kubeconfig {f} does not exist", file=sys.stderr)

@@ -16,6 +16,7 @@ from tensile import conventions as c
 from tensile.kube.client import JSON, Kube, path
 from tensile.kube.events import EventRecorder
 from tensile.kube.informer import NAMESPACE, Informer, namespace_index
+from tensile.kube.objects import ObjectWatches
 from tensile.translate import Owner
 
 log = logging.getLogger("tensile")
@@ -48,6 +49,9 @@ class Config:
     #: How long a copy must stay unreferenced before it is deleted.
     dependency_gc_delay: float = 10.0
     flat_network: bool = False
+    #: The upper credentials are a kubelet's (system:node:NAME under the Node authorizer and
+    #: NodeRestriction): follow only the objects pods refer to, and skip what a node may not do.
+    node_credentials: bool = False
     resync: float = 300.0
 
 
@@ -85,10 +89,15 @@ class Context:
     def build(cls, config: Config, upper: Kube, lower: Kube, upper_cluster_id: str) -> Context:
         owner = Owner(upper_cluster=upper_cluster_id, node_name=config.node_name)
         sel = owner.selector
-        upper_deps = {
+        upper_deps: dict[str, Informer] = {
             r: Informer(upper, path(r), name=f"upper-{r}", resync=config.resync)
             for r in DEPENDENCY_RESOURCES if r != "serviceaccounts"
         }
+        if config.node_credentials:
+            # A node may read a ConfigMap or Secret only while one of its pods refers to it (list and
+            # watch by name), and a claim only by GET: follow them one by one. Services it may list.
+            for r in ("configmaps", "secrets", "persistentvolumeclaims"):
+                upper_deps[r] = ObjectWatches(upper, r, name=f"upper-{r}", watch=r != "persistentvolumeclaims")
         lower_deps = {
             r: Informer(lower, path(r), label_selector=sel, name=f"lower-{r}") for r in DEPENDENCY_RESOURCES
         }

@@ -38,6 +38,7 @@ from tensile.controllers.copies import LowerCopies, SyncResult
 from tensile.kube.client import JSON, path
 from tensile.kube.errors import ApiError
 from tensile.kube.informer import Handler, key_of
+from tensile.kube.objects import ObjectWatches
 from tensile.kube.workqueue import Workers, WorkQueue
 from tensile.logs import fields
 
@@ -131,15 +132,30 @@ class DependencyController:
             lock = self._locks[key] = asyncio.Lock()
         return lock
 
-    def _claim_kept(self, resource: str, ns: str, name: str) -> bool:
+    async def _claim_kept(self, resource: str, ns: str, name: str) -> bool:
         """A claim copy lives as long as the upper claim: deleting it could delete the volume's data."""
-        return resource == deps.PVC and self.ctx.upper_deps[deps.PVC].get(f"{ns}/{name}") is not None and (
-            self.ctx.lower_deps[deps.PVC].get(f"{ns}/{name}") is not None)
+        if resource != deps.PVC or self.ctx.lower_deps[deps.PVC].get(f"{ns}/{name}") is None:
+            return False
+        if not self.ctx.config.node_credentials:
+            return self.ctx.upper_deps[deps.PVC].get(f"{ns}/{name}") is not None
+        # With a node's credentials an unreferenced claim cannot be read: only a 404 proves it gone.
+        try:
+            await self.ctx.upper.get(path(deps.PVC, ns, name))
+        except ApiError as exc:
+            if exc.not_found:
+                return False
+            if exc.status != 403:
+                raise
+        return True
 
     async def reconcile(self, key: str) -> float | None:
         resource, ns, name = split_key(key)
-        if key in self.referrers or self._claim_kept(resource, ns, name):
+        if key in self.referrers:
             await self.sync(deps.Ref(resource, ns, name))
+            return None
+        if await self._claim_kept(resource, ns, name):
+            if not self.ctx.config.node_credentials:
+                await self.sync(deps.Ref(resource, ns, name))
             return None
         since = self._unreferenced_since.setdefault(key, time.monotonic())
         wait = since + self.ctx.config.dependency_gc_delay - time.monotonic()
@@ -152,6 +168,9 @@ class DependencyController:
                 await self._collect_mirror(ns, name)
             await self.copies.collect(resource, ns, name)
             self.copies.conflicts.pop(key, None)  # nothing references it: forget its conflict
+            cache = self.ctx.upper_deps.get(resource)
+            if isinstance(cache, ObjectWatches):
+                await cache.forget(ns, name)
         self._unreferenced_since.pop(key, None)
         if not self._lock(key).locked():
             self._locks.pop(key, None)
@@ -164,6 +183,9 @@ class DependencyController:
 
     async def sync(self, ref: deps.Ref) -> SyncResult:
         """Make the lower copy of ``ref`` match the upper object. Idempotent."""
+        cache = self.ctx.upper_deps.get(ref.resource)
+        if isinstance(cache, ObjectWatches):
+            await cache.ensure(ref.namespace, ref.name)
         upper = self._upper_object(ref)
         if upper is None:
             return "missing"
@@ -186,6 +208,8 @@ class DependencyController:
             return
         if (upper.get("spec") or {}).get("volumeName") or (upper.get("status") or {}).get("phase") == "Bound":
             return
+        if self.ctx.config.node_credentials:
+            return  # a node may not create PersistentVolumes; the upper claim stays as it is
         pv = translate.mirror_volume(upper, lower, self.ctx.owner)
         try:
             await self.ctx.upper.create(path("persistentvolumes"), pv)

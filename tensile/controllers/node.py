@@ -43,6 +43,10 @@ def _micro_now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+#: Labels NodeRestriction refuses from a node's own credentials.
+NODE_FORBIDDEN_LABELS = (c.ROLE_LABEL, c.MANAGED_BY_LABEL)
+
+
 def node_manifest(ctx: Context, arch: str, os_name: str) -> JSON:
     cfg = ctx.config
     labels = {
@@ -57,6 +61,10 @@ def node_manifest(ctx: Context, arch: str, os_name: str) -> JSON:
         c.MANAGED_BY_LABEL: c.MANAGED_BY_VALUE,
         **cfg.node_labels,
     }
+    if cfg.node_credentials:
+        # NodeRestriction lets a node set only kubelet labels under kubernetes.io and k8s.io.
+        for key in NODE_FORBIDDEN_LABELS:
+            labels.pop(key, None)
     taints = [provider_taint()] if cfg.taint else []
     return {
         "apiVersion": "v1",
@@ -202,16 +210,17 @@ class NodeController:
             labels = (node.get("metadata") or {}).get("labels") or {}
             want = manifest["metadata"]["labels"]
             current = (node.get("spec") or {}).get("taints") or []
-            taints = merged_taints(current, self.ctx.config.taint)
+            # NodeRestriction forbids a node to change its own taints after registration.
+            taints = current if self.ctx.config.node_credentials else merged_taints(current, self.ctx.config.taint)
             if any(labels.get(k) != v for k, v in want.items()) or taints != current:
                 # The patch carries the whole taint list (a merge patch replaces lists), built from
                 # the current one: taints set by controllers or admins stay. resourceVersion makes a
                 # concurrent change fail with 409 instead of being overwritten.
-                node = await self.ctx.heartbeat.patch(path("nodes", name=self.name), {
-                    "metadata": {"labels": want, "resourceVersion": (node.get("metadata") or {}).get(
-                        "resourceVersion")},
-                    "spec": {"taints": taints},
-                })
+                body: JSON = {"metadata": {"labels": want, "resourceVersion": (node.get("metadata") or {}).get(
+                    "resourceVersion")}}
+                if taints != current:
+                    body["spec"] = {"taints": taints}
+                node = await self.ctx.heartbeat.patch(path("nodes", name=self.name), body)
         except ApiError as exc:
             if not exc.not_found:
                 raise

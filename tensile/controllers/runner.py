@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from tensile.controllers.node import NodeController
 from tensile.controllers.pods import PodController
 from tensile.controllers.services import ServiceController
 from tensile.kube.client import Kube, path
+from tensile.kube.errors import ApiError
 from tensile.kube.supervisor import Supervisor
 
 log = logging.getLogger("tensile")
@@ -34,8 +36,19 @@ SYNC_TIMEOUT = 120.0
 
 
 async def cluster_uid(kube: Kube) -> str:
-    """A stable id of a cluster: the UID of its kube-system namespace."""
-    ns = await kube.get(path("namespaces", name="kube-system"))
+    """A stable id of a cluster: the UID of its kube-system namespace.
+
+    Credentials that may not read namespaces (a kubelet's) get the hash of the cluster's CA
+    instead: as stable, and the same for every virtual node of that cluster.
+    """
+    try:
+        ns = await kube.get(path("namespaces", name="kube-system"))
+    except ApiError as exc:
+        ca_file = kube.config.ssl_ca_cert
+        if exc.status != 403 or not ca_file:
+            raise
+        with open(ca_file, "rb") as ca:
+            return "ca-" + hashlib.sha256(ca.read()).hexdigest()[:32]
     return str(ns["metadata"]["uid"])
 
 
