@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import ssl
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -15,8 +17,17 @@ from kubernetes import utils
 
 from e2e.cluster import LocalCluster, wait_for
 from e2e.fixtures import LOWER_NODES, UPPER_NODES
-from e2e.kube_helpers import StaticTokens, create_namespace, pod_manifest, unique, wait_event, wait_pod_running
+from e2e.kube_helpers import (
+    StaticTokens,
+    create_namespace,
+    kubectl,
+    pod_manifest,
+    unique,
+    wait_event,
+    wait_pod_running,
+)
 from e2e.virtualnode import VirtualNodeProcess
+from tensile import conventions as c
 
 pytestmark = pytest.mark.e2e
 
@@ -101,3 +112,47 @@ def test_rotated_kubeconfig_token_is_reloaded_after_401(
     upper.core.create_namespaced_pod(ns, pod_manifest("after"))
     wait_pod_running(upper, ns, "after", timeout=90)
     assert vn.metrics()["tensile_upper_reauths"] >= 1
+
+
+def test_per_node_rbac_narrows_node_and_lease_rights_and_suffices(
+    make_cluster: Callable[..., LocalCluster], make_virtual_node: Callable[..., VirtualNodeProcess]
+) -> None:
+    upper = make_cluster("upper", list(UPPER_NODES))
+    lower = make_cluster("lower", list(LOWER_NODES))
+    vk, sa = "vk-scoped", "vk-scoped-sa"
+    manifests = subprocess.run([sys.executable, "-m", "tensile.cli", "rbac", "--nodename", vk,
+                                "--namespace", SA_NS, "--service-account", sa],
+                               capture_output=True, text=True, check=True, timeout=60).stdout
+    kubectl(upper, "apply", "-f", "-", stdin=manifests)
+    token = wait_for(lambda: upper.core.create_namespaced_service_account_token(
+        sa, SA_NS, {"spec": {"expirationSeconds": 3600}}).status.token, 30, what="a service-account token")
+    sa_dir = upper.dir / "serviceaccount-scoped"
+    sa_dir.mkdir()
+    (sa_dir / "token").write_text(token)
+    (sa_dir / "ca.crt").write_bytes(upper.ca_file.read_bytes())
+    vn = make_virtual_node(upper, lower, vk, upper_env={
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(upper.apiserver_port),
+        "TENSILE_SERVICEACCOUNT_DIR": str(sa_dir)})
+    ns = unique("scoped")
+    create_namespace(upper, ns)
+    upper.core.create_namespaced_config_map(ns, {"metadata": {"name": "cfg"}, "data": {"a": "b"}})
+    upper.core.create_namespaced_pod(ns, pod_manifest("p", volumes=[{"name": "v", "configMap": {"name": "cfg"}}]))
+    assert wait_pod_running(upper, ns, "p", timeout=60).spec.node_name == vk
+    upper.core.delete_namespaced_pod("p", ns)
+    wait_for(lambda: not upper.core.list_namespaced_pod(ns).items, 60, what="pod deleted through the RBAC")
+    who = f"--as=system:serviceaccount:{SA_NS}:{sa}"
+
+    def can(*args: str) -> bool:
+        return kubectl_ok(upper, "auth", "can-i", *args, who)
+
+    assert can("patch", f"nodes/{vk}") and can("patch", f"leases/{vk}", "-n", c.NODE_LEASE_NAMESPACE)
+    assert not can("patch", "nodes/upper-0")  # another node
+    assert not can("patch", "leases/kube-scheduler", "-n", "kube-system")  # leader-election Leases
+    assert not can("patch", "leases/upper-0", "-n", c.NODE_LEASE_NAMESPACE)  # another node's heartbeat
+    assert not any("forbidden" in line.lower() for line in vn.log_tail(100000).splitlines())
+
+
+def kubectl_ok(cluster: LocalCluster, *args: str) -> bool:
+    proc = subprocess.run(["kubectl", f"--kubeconfig={cluster.kubeconfig}", *args], capture_output=True, text=True,
+                          timeout=60)
+    return proc.returncode == 0 and proc.stdout.strip() == "yes"
