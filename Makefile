@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install binaries test test-unit test-e2e lint demo bench clean
+.PHONY: all install binaries test test-long test-unit test-e2e lint demo bench clean
 
 all: test
 
@@ -29,6 +29,10 @@ test-e2e: binaries
 ## Unit tests, lint, then end-to-end tests on real local control planes.
 test: binaries lint
 	$(PY) -m pytest -q tests e2e/tests
+
+## The long variants (scale, soak) of properties `make test` checks at a smaller size.
+test-long: binaries
+	$(PY) -m pytest -q -m long e2e/tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check tensile webhook scheduler descheduler e2e tests bench
