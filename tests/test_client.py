@@ -126,3 +126,23 @@ async def test_token_bucket_allows_a_burst_then_paces() -> None:
         await bucket.acquire()
     paced = time.monotonic() - started - burst
     assert burst * 5 < paced
+
+
+async def test_waiters_are_served_in_the_order_they_came() -> None:
+    bucket = TokenBucket(qps=200, burst=1)
+    order: list[int] = []
+
+    async def take(i: int) -> None:
+        await bucket.acquire()
+        order.append(i)
+
+    await asyncio.gather(*(take(i) for i in range(10)))
+    assert order == list(range(10))
+
+
+def test_kubeconfig_proxy_url_and_tls_server_name_are_honoured() -> None:
+    cfg = config("https://10.1.2.3:6443", "t")
+    cfg.proxy = "http://proxy.internal:3128"
+    cfg.tls_server_name = "kubernetes.default.svc"
+    assert Kube(cfg)._route() == {"proxy": "http://proxy.internal:3128", "server_hostname": "kubernetes.default.svc"}
+    assert Kube(config("https://10.1.2.3:6443", "t"))._route() == {}
