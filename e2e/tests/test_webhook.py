@@ -25,12 +25,8 @@ OPT_IN = {c.VIRTUAL_POD_LABEL: c.VIRTUAL_POD_VALUE}
 @pytest.fixture(scope="module")
 def webhook(federation: Fed) -> Iterator[WebhookProcess]:
     upper, _, _ = federation
-    wh = WebhookProcess(upper)
-    wh.start()
-    try:
+    with WebhookProcess(upper) as wh:  # stopped, its log printed on failure, however the module ends
         yield wh
-    finally:
-        wh.stop()
 
 
 def plain_pod(name: str, labels: dict[str, str] | None = None, **spec: object) -> dict[str, object]:

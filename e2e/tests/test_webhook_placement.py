@@ -37,12 +37,8 @@ OPT_IN = {c.VIRTUAL_POD_LABEL: c.VIRTUAL_POD_VALUE}
 @pytest.fixture(scope="module")
 def webhook(federation: Fed) -> Iterator[WebhookProcess]:
     upper, _, _ = federation
-    wh = WebhookProcess(upper, extra_args=[f"--ignore-selector-keys={c.CLUSTER_ID_LABEL},pool"])
-    wh.start()
-    try:
+    with WebhookProcess(upper, extra_args=[f"--ignore-selector-keys={c.CLUSTER_ID_LABEL},pool"]) as wh:
         yield wh
-    finally:
-        wh.stop()
 
 
 @pytest.fixture
