@@ -4,9 +4,11 @@
 tighter alternative for one node, for clusters that cannot give tensile node
 credentials (``--node-credentials``): rights on its own Node and Lease are
 limited by ``resourceNames`` (list and watch too, which the informers send
-with a ``metadata.name`` field selector), and Lease rights exist only in
-``kube-node-lease``, so no leader-election Lease in ``kube-system`` can be
-touched.
+with a ``metadata.name`` field selector). Lease rights exist only in
+``kube-node-lease`` (the heartbeat) and in the virtual node's own namespace
+(its leader-election Lease, named after the node, which is where
+``--leader-elect`` puts it in a pod), so no other component's
+leader-election Lease in ``kube-system`` can be touched.
 
 What RBAC cannot narrow: creating the Node and the Lease (the name of a new
 object is not authorized), pods (a Role cannot say "bound to this node"), and
@@ -55,6 +57,11 @@ def virtual_node_rbac(node: str, namespace: str = "tensile-system",
         _rule(["leases"], ["create"], group="coordination.k8s.io"),
         _rule(["leases"], ["get", "patch"], [node], group="coordination.k8s.io"),
     ]
+    # The leader-election Lease, named after the node, in the virtual node's own namespace.
+    election_rules = [
+        _rule(["leases"], ["create"], group="coordination.k8s.io"),
+        _rule(["leases"], ["get", "update"], [node], group="coordination.k8s.io"),
+    ]
     meta = {"name": name, "labels": labels}
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
@@ -70,5 +77,11 @@ def virtual_node_rbac(node: str, namespace: str = "tensile-system",
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": {**meta, "namespace": c.NODE_LEASE_NAMESPACE},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [subject]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {**meta, "name": f"{name}-leader-election", "namespace": namespace}, "rules": election_rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {**meta, "name": f"{name}-leader-election", "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{name}-leader-election"},
          "subjects": [subject]},
     ]

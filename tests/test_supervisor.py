@@ -101,3 +101,17 @@ async def test_a_dead_task_is_a_problem_and_stop_waits_for_everything() -> None:
     assert sup.problems() == ["status has stopped"]
     await sup.stop()
     assert other.task is not None and other.task.cancelled() and sup.entries == {}
+
+
+async def test_supervisor_cancel_stops_only_the_named_loops() -> None:
+    sup = Supervisor("test")
+
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    sup.spawn("a", forever)
+    kept = sup.spawn("b", forever)
+    await sup.cancel("a", "missing")
+    assert set(sup.entries) == {"b"} and kept.task is not None and not kept.task.done()
+    sup.spawn("a", forever)  # the name can be used again
+    await sup.stop()

@@ -1,6 +1,7 @@
 import asyncio
 import itertools
 
+from tensile.kube.errors import ApiError
 from tensile.kube.workqueue import Workers, WorkQueue
 
 
@@ -118,3 +119,48 @@ async def test_a_failing_error_hook_does_not_stop_the_worker() -> None:
     await asyncio.sleep(0.1)
     await w.stop()
     assert calls == 3  # the retry of "k", then "other": the worker lived on
+
+
+async def test_workers_start_again_after_a_stop_and_keys_added_meanwhile_wait_for_the_restart() -> None:
+    """A leader that steps down stops its workers; when it leads again the same workers run again."""
+    q = WorkQueue("restart")
+    seen: list[str] = []
+
+    async def handler(key: str) -> None:
+        seen.append(key)
+
+    w = Workers(q, handler, 2, lambda k, e: None)
+    w.start()
+    q.add("a")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await w.stop()
+    q.add("dropped")  # stepped down: adds are refused; the restart enqueues every key again
+    w.start()
+    q.add("b")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await w.stop()
+    assert seen == ["a", "b"]
+
+
+
+async def test_a_key_refused_by_the_leader_fence_is_not_a_failure() -> None:
+    q = WorkQueue("fence")
+    errors: list[str] = []
+    calls: list[str] = []
+
+    async def handler(key: str) -> None:
+        calls.append(key)
+        if len(calls) == 1:
+            raise ApiError(503, "NotLeader", "not sent")
+
+    w = Workers(q, handler, 1, lambda k, e: errors.append(str(e)))
+    w.start()
+    q.add("k")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert errors == [] and q.failures("k") == 0 and q.retries == 0  # no Event, no backoff
+    await asyncio.sleep(1.2)  # looked at again in case this replica still leads
+    await w.stop()
+    assert calls == ["k", "k"]

@@ -6,12 +6,17 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
+import uuid
 from typing import Any
 
-from tensile import logs
+from tensile import conventions as c
+from tensile import flags, logs
 from tensile.controllers.context import Config
+from tensile.kube.client import SERVICEACCOUNT_DIR
 from tensile.kube.errors import ApiError
+from tensile.kube.leader import LeaderElectionConfig
 
 log = logging.getLogger("tensile")
 
@@ -46,7 +51,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--node-ip", default=os.environ.get("VKUBELET_POD_IP", ""),
                    help="address advertised for the kubelet API (default: $VKUBELET_POD_IP or this host's)")
     p.add_argument("--kubelet-port", type=int, default=10250, help="kubelet API port advertised in the Node")
-    p.add_argument("--metrics-port", type=int, default=10255, help="/healthz, /readyz, /metrics port (0: off)")
+    flags.add_metrics_flag(p, ":10255", "virtual node")
+    flags.deprecated(p, "--metrics-port", "--metrics-addr", convert=_port_to_addr)
     p.add_argument("--qps", type=float, default=200.0, help="upper cluster client QPS")
     p.add_argument("--burst", type=int, default=400, help="upper cluster client burst")
     p.add_argument("--client-qps", type=float, default=200.0, help="lower cluster client QPS")
@@ -59,16 +65,87 @@ def register(subparsers: Any) -> None:
     p.add_argument("--node-credentials", action="store_true",
                    help="the upper credentials are a kubelet's (system:node:NODENAME under the Node authorizer and "
                         "NodeRestriction): follow only what pods refer to; no role/managed-by labels, no mirror PVs")
-    p.add_argument("--pod-workers", type=int, default=8)
+    p.add_argument("--pod-sync-workers", type=flags.positive_int, default=8, metavar="N",
+                   help="pods synced in parallel (default 8)")
+    flags.deprecated(p, "--pod-workers", "--pod-sync-workers", convert=flags.positive_int)
+    p.add_argument("--dependency-workers", type=flags.positive_int, default=4, metavar="N",
+                   help="ConfigMaps, Secrets, PVCs and ServiceAccounts synced in parallel (default 4)")
+    p.add_argument("--service-workers", type=flags.positive_int, default=2, metavar="N",
+                   help="Services (and EndpointSlices) synced in parallel (default 2)")
+    p.add_argument("--full-resync-period", type=flags.parse_duration, default=300.0, metavar="DURATION",
+                   help="how often every upper pod and dependency is looked at again, events or not (default 5m)")
+    p.add_argument("--startup-timeout", type=flags.parse_duration, default=120.0, metavar="DURATION",
+                   help="how long the caches may take to sync at start-up before the process exits (default 2m; "
+                        "0: no limit)")
+    p.add_argument("--node-lease-duration-seconds", type=flags.positive_int, default=40, metavar="SECONDS",
+                   help="duration of the Node's heartbeat Lease in kube-node-lease, as the kubelet's "
+                        "nodeLeaseDurationSeconds (default 40)")
+    p.add_argument("--node-lease-renew-interval", type=flags.parse_duration, default=10.0, metavar="DURATION",
+                   help="how often the heartbeat Lease is renewed (default 10s, a quarter of its duration)")
+    p.add_argument("--node-status-update-frequency", type=flags.parse_duration, default=60.0, metavar="DURATION",
+                   help="how often node status is written when nothing changed (default 1m; a change of "
+                        "capacity or readiness is written at once)")
     p.add_argument("--dependency-gc-delay", type=float, default=10.0, metavar="SECONDS",
                    help="how long a lower ConfigMap/Secret/PVC/ServiceAccount copy stays after its last pod is gone, "
                         "so a Recreate rollout does not lose it between old and new pods (default 10)")
-    p.add_argument("-v", "--log-level", default="info", help="debug, info, warning, or a number like kubectl -v")
+    flags.add_leader_election_flags(p, default_on=None, component="virtual node",
+                                    default_name="the node name",
+                                    default_note=" (default: on, except with --node-credentials)")
+    logs.add_flags(p)
     p.set_defaults(func=run)
 
 
+def _port_to_addr(value: str) -> tuple[str, int] | None:
+    return flags.parse_bind_address(f":{value}") if value.strip() not in ("", "0") else None
+
+
+def identity() -> str:
+    """client-go's default: the host name and a UUID, unique per process."""
+    return f"{socket.gethostname()}_{uuid.uuid4()}"
+
+
+def default_lease_namespace() -> str:
+    """The pod's own namespace in a cluster, else kube-system (as kube-controller-manager's)."""
+    sa_dir = os.environ.get("TENSILE_SERVICEACCOUNT_DIR", SERVICEACCOUNT_DIR)
+    try:
+        with open(os.path.join(sa_dir, "namespace")) as f:
+            return f.read().strip() or c.KUBE_SYSTEM
+    except OSError:
+        return c.KUBE_SYSTEM
+
+
+def leader_election(args: argparse.Namespace) -> LeaderElectionConfig | None:
+    """The election to run, or None; ``ValueError`` for flags that cannot work together."""
+    enabled = args.leader_elect
+    if enabled is None:
+        # Node credentials may write only the node's own Lease in kube-node-lease.
+        enabled = not args.node_credentials
+    if not enabled:
+        return None
+    if args.node_credentials:
+        raise ValueError("--leader-elect needs a Lease outside kube-node-lease, which node credentials may not "
+                         "write; run one replica with --node-credentials, or give it other upper credentials")
+    config = LeaderElectionConfig(
+        namespace=args.leader_elect_resource_namespace or default_lease_namespace(),
+        name=args.leader_elect_resource_name or args.nodename,
+        identity=identity(),
+        lease_duration=args.leader_elect_lease_duration,
+        renew_deadline=args.leader_elect_renew_deadline,
+        retry_period=args.leader_elect_retry_period,
+    )
+    problems = config.problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
-    logs.setup(args.log_level)
+    try:
+        logs.setup(args.log_level, args.log_format)
+        election = leader_election(args)
+    except ValueError as exc:
+        print(f"tensile virtual-node: {exc}", file=sys.stderr)
+        return 2
     from tensile.controllers import runner
 
     config = Config(
@@ -78,15 +155,27 @@ def run(args: argparse.Namespace) -> int:
         taint=not args.disable_taint,
         node_ip=args.node_ip,
         kubelet_port=args.kubelet_port,
-        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
         lower_unreachable_grace=args.lower_unreachable_grace,
-        pod_workers=args.pod_workers,
+        lease_duration=args.node_lease_duration_seconds,
+        lease_renew_interval=args.node_lease_renew_interval,
+        status_interval=args.node_status_update_frequency,
+        pod_workers=args.pod_sync_workers,
+        dependency_workers=args.dependency_workers,
+        service_workers=args.service_workers,
         dependency_gc_delay=args.dependency_gc_delay,
         flat_network=args.flat_network,
         node_credentials=args.node_credentials,
+        resync=args.full_resync_period,
+        startup_timeout=args.startup_timeout,
+        leader_election=election,
     )
     if args.node_credentials and args.flat_network:
         print("tensile virtual-node: --flat-network copies EndpointSlices, which node credentials may not read",
+              file=sys.stderr)
+        return 2
+    if config.lease_renew_interval >= config.lease_duration:
+        print("tensile virtual-node: --node-lease-renew-interval must be shorter than --node-lease-duration-seconds",
               file=sys.stderr)
         return 2
     for f in (args.kubeconfig, args.client_kubeconfig):

@@ -11,11 +11,15 @@ import dataclasses
 import logging
 import socket
 
+from prometheus_client import CollectorRegistry
+
 from tensile import capacity, translate
 from tensile import conventions as c
+from tensile.controllers.metrics import VirtualNodeMetrics
 from tensile.kube.client import JSON, Kube, path
 from tensile.kube.events import EventRecorder
 from tensile.kube.informer import NAMESPACE, Informer, namespace_index
+from tensile.kube.leader import LeaderElectionConfig
 from tensile.kube.objects import ObjectWatches
 from tensile.translate import Owner
 
@@ -38,7 +42,8 @@ class Config:
     taint: bool = True
     node_ip: str = ""
     kubelet_port: int = 10250
-    metrics_port: int = 10255
+    #: Where /metrics, /healthz and /readyz are served; None: nowhere.
+    metrics_addr: tuple[str, int] | None = ("0.0.0.0", 10255)
     lower_unreachable_grace: float = 40.0
     lease_duration: int = 40
     lease_renew_interval: float = 10.0
@@ -46,6 +51,7 @@ class Config:
     ping_interval: float = 10.0
     pod_workers: int = 8
     dependency_workers: int = 4
+    service_workers: int = 2
     #: How long a copy must stay unreferenced before it is deleted.
     dependency_gc_delay: float = 10.0
     flat_network: bool = False
@@ -53,6 +59,10 @@ class Config:
     #: NodeRestriction): follow only the objects pods refer to, and skip what a node may not do.
     node_credentials: bool = False
     resync: float = 300.0
+    #: How long caches may take to sync at start-up before the process gives up (0: no limit).
+    startup_timeout: float = 120.0
+    #: None: this process writes without electing a leader (one replica only).
+    leader_election: LeaderElectionConfig | None = None
 
 
 def default_node_ip() -> str:
@@ -84,9 +94,12 @@ class Context:
     lower_pods: Informer
     lower_deps: dict[str, Informer]
     lower_namespaces: Informer
+    metrics: VirtualNodeMetrics
 
     @classmethod
-    def build(cls, config: Config, upper: Kube, lower: Kube, upper_cluster_id: str) -> Context:
+    def build(cls, config: Config, upper: Kube, lower: Kube, upper_cluster_id: str,
+              registry: CollectorRegistry | None = None) -> Context:
+        """``registry``: the process's; a private one when not given (unit tests)."""
         owner = Owner(upper_cluster=upper_cluster_id, node_name=config.node_name)
         sel = owner.selector
         upper_deps: dict[str, Informer] = {
@@ -127,6 +140,7 @@ class Context:
             lower_pods=Informer(lower, path("pods"), label_selector=sel, name="lower-pods"),
             lower_deps=lower_deps,
             lower_namespaces=Informer(lower, path("namespaces"), transform=_namespace_meta, name="lower-namespaces"),
+            metrics=VirtualNodeMetrics(registry if registry is not None else CollectorRegistry()),
         )
         # Indexes, so handlers stay O(matches) per event instead of scanning a store.
         ctx.upper_pods.add_index(NAMESPACE, namespace_index)

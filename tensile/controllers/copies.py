@@ -49,7 +49,8 @@ class LowerCopies:
         if lower is None:
             await self.namespaces.ensure(ns)
             try:
-                await self.ctx.lower.create(_path(resource, ns), desired)
+                with self.ctx.metrics.dependency_write(resource, "create"):
+                    await self.ctx.lower.create(_path(resource, ns), desired)
                 self.conflicts.pop(key, None)
                 self._log("created lower copy", resource, ns, name)
                 return "ok"
@@ -68,7 +69,8 @@ class LowerCopies:
             return "ok"
         resize = translate.pvc_resize_patch(desired, lower) if resource == "persistentvolumeclaims" else None
         if resize is not None:
-            await self.ctx.lower.patch(_path(resource, ns, name), resize)
+            with self.ctx.metrics.dependency_write(resource, "update"):
+                await self.ctx.lower.patch(_path(resource, ns, name), resize)
             self._log("resized lower copy", resource, ns, name)
             return "ok"
         body = dict(desired)
@@ -79,12 +81,15 @@ class LowerCopies:
             lspec = lower.get("spec") or {}
             body["spec"] = {**desired["spec"], **{k: lspec[k] for k in kept if k in lspec}}
         try:
-            await self.ctx.lower.replace(_path(resource, ns, name), body)
+            with self.ctx.metrics.dependency_write(resource, "update"):
+                await self.ctx.lower.replace(_path(resource, ns, name), body)
         except ApiError as exc:
             if exc.status == 422 and (lower.get("immutable") or desired.get("immutable")):
                 # An immutable ConfigMap/Secret changed upstairs: replace the copy.
-                await self.ctx.lower.delete(_path(resource, ns, name))
-                await self.ctx.lower.create(_path(resource, ns), desired)
+                with self.ctx.metrics.dependency_write(resource, "delete"):
+                    await self.ctx.lower.delete(_path(resource, ns, name))
+                with self.ctx.metrics.dependency_write(resource, "create"):
+                    await self.ctx.lower.create(_path(resource, ns), desired)
             else:
                 raise
         self._log("updated lower copy", resource, ns, name)
@@ -96,9 +101,10 @@ class LowerCopies:
         if lower is None or not self.ctx.owner.owns(lower):
             return
         try:
-            await self.ctx.lower.delete(_path(resource, ns, name), {
-                "preconditions": {"uid": (lower.get("metadata") or {}).get("uid")}
-            })
+            with self.ctx.metrics.dependency_write(resource, "delete"):
+                await self.ctx.lower.delete(_path(resource, ns, name), {
+                    "preconditions": {"uid": (lower.get("metadata") or {}).get("uid")}
+                })
             self._log("deleted lower copy nothing needs any more", resource, ns, name)
         except ApiError as exc:
             if not (exc.not_found or exc.conflict):

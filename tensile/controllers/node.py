@@ -27,6 +27,7 @@ from tensile.controllers.context import Context
 from tensile.kube.client import JSON, path
 from tensile.kube.errors import ApiError
 from tensile.kube.supervisor import Supervisor
+from tensile.logs import V
 
 log = logging.getLogger("tensile.node")
 
@@ -112,6 +113,10 @@ def conditions(ready: bool, reason: str, message: str, previous: list[JSON]) -> 
     return out
 
 
+#: The supervised loops ``start`` runs, for whoever stops them (a leader stepping down).
+NODE_LOOPS = ("lease renewal", "lower ping", "node status")
+
+
 class NodeController:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -126,6 +131,8 @@ class NodeController:
         #: loop name -> monotonic time it last came round
         self.beats: dict[str, float] = {}
         self.last_renewed = 0.0
+        #: (capacity, allocatable) as last written to the Node.
+        self.published: tuple[dict[str, str], dict[str, str]] | None = None
         ctx.lower_nodes.add_handler(lambda old, new: self._dirty.set())
         ctx.lower_pods_all.add_handler(self._on_lower_pod)
         ctx.upper_node.add_handler(self._on_upper_node)
@@ -240,6 +247,9 @@ class NodeController:
             return
         await self.ctx.heartbeat.patch(path("nodes", name=self.name, subresource="status"), {"status": status})
         self._pushed = digest
+        self.published = (status["capacity"], status["allocatable"])
+        log.log(V(4), "pushed node status", extra={"node": self.name, "cluster": self.ctx.config.cluster_id,
+                                                   "ready": status["conditions"][0]["status"]})
 
     async def renew_lease(self) -> None:
         lease_path = path("leases", c.NODE_LEASE_NAMESPACE, self.name, group_version="coordination.k8s.io/v1")
@@ -294,6 +304,7 @@ class NodeController:
     async def _renew_and_record(self) -> None:
         await self.renew_lease()
         self.last_renewed = time.monotonic()
+        log.log(V(5), "renewed the node Lease", extra={"node": self.name})
 
     def lease_fresh(self) -> bool:
         """The Lease was renewed within its duration: the node-lifecycle controller sees us alive."""

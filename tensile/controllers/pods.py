@@ -40,13 +40,14 @@ from tensile import dependencies as deps
 from tensile import pod_status, translate
 from tensile.controllers.context import Context
 from tensile.controllers.dependencies import RESOURCES, DependencyController
+from tensile.controllers.metrics import VirtualNodeMetrics
 from tensile.controllers.namespaces import NamespaceEnsurer, NamespaceTerminatingError, is_terminating_error
 from tensile.kube.client import JSON, STRATEGIC_PATCH, path
 from tensile.kube.errors import ApiError
 from tensile.kube.events import NORMAL, WARNING
 from tensile.kube.informer import NAMESPACE, key_of, meta_of
 from tensile.kube.workqueue import Workers, WorkQueue
-from tensile.logs import fields
+from tensile.logs import V, fields
 
 log = logging.getLogger("tensile.pods")
 
@@ -65,6 +66,10 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _phase(pod: JSON) -> str:
+    return str((pod.get("status") or {}).get("phase") or "")
+
+
 def _api_message(exc: ApiError) -> str:
     return str(exc.body.get("message") or exc.message)
 
@@ -80,8 +85,6 @@ class PodController:
         self.namespaces = namespaces
         self.queue = WorkQueue("pods")
         self.workers = Workers(self.queue, self.reconcile, ctx.config.pod_workers, self._on_error)
-        self.stats: dict[str, int] = {"created": 0, "deleted_lower": 0, "deleted_upper": 0, "status_updates": 0,
-                                      "spec_updates": 0, "failed_out_of_band": 0}
         #: upper uid -> topic -> the (reason, message) last reported in a Warning Event.
         self._reported: dict[str, dict[str, tuple[str, str]]] = {}
         #: pod key -> how often it was held in a row (for the recheck backoff).
@@ -97,6 +100,10 @@ class PodController:
                 ctx.upper_deps[resource].add_handler(self._dependency_handler(resource))
 
     @property
+    def m(self) -> VirtualNodeMetrics:
+        return self.ctx.metrics
+
+    @property
     def cluster(self) -> str:
         return self.ctx.config.cluster_id
 
@@ -106,9 +113,13 @@ class PodController:
         obj = new or old
         if obj is None:
             return
+        key = key_of(obj)
         if new is None:
             self._reported.pop(str(meta_of(obj).get("uid", "")), None)
-        self.queue.add(key_of(obj))
+            self.m.forget(key)
+        elif old is None and self.ctx.upper_pods.is_synced:
+            self.m.bound(key)  # bound to this node just now (not found in the first list)
+        self.queue.add(key)
 
     def _on_lower(self, old: JSON | None, new: JSON | None) -> None:
         obj = new or old
@@ -117,6 +128,8 @@ class PodController:
         key = key_of(obj)
         if new is None and old is not None and (old.get("status") or {}).get("phase") in TERMINAL:
             self._final[key] = old
+        if new is not None and _phase(new) == "Running" and (old is None or _phase(old) != "Running"):
+            self.m.lower_running(key)
         self.queue.add(key)
 
     def _on_namespace(self, old: JSON | None, new: JSON | None) -> None:
@@ -166,6 +179,8 @@ class PodController:
     async def reconcile(self, key: str) -> float | None:
         upper = self.ctx.upper_pods.get(key)
         lower = self.ctx.lower_pods.get(key)
+        log.log(V(5), "reconciling pod", extra=fields(key, cluster=self.cluster, upper=upper is not None,
+                                                       lower=lower is not None))
         if upper is None:
             self._held.pop(key, None)
             self._final.pop(key, None)
@@ -209,8 +224,8 @@ class PodController:
         if grace is not None:
             body["gracePeriodSeconds"] = grace
         try:
-            await self.ctx.lower.delete(path("pods", ns, name), body)
-            self.stats["deleted_lower"] += 1
+            with self.m.pod_write("delete_lower"):
+                await self.ctx.lower.delete(path("pods", ns, name), body)
             log.info("deleted lower pod: %s", reason, extra=fields(key, cluster=self.cluster, grace=grace))
         except ApiError as exc:
             if not (exc.not_found or exc.conflict):
@@ -251,10 +266,10 @@ class PodController:
     async def _remove_upper(self, key: str, upper: JSON) -> None:
         ns, name = key.split("/", 1)
         try:
-            await self.ctx.upper.delete(path("pods", ns, name), {
-                "gracePeriodSeconds": 0, "preconditions": {"uid": meta_of(upper).get("uid")},
-            })
-            self.stats["deleted_upper"] += 1
+            with self.m.pod_write("delete_upper"):
+                await self.ctx.upper.delete(path("pods", ns, name), {
+                    "gracePeriodSeconds": 0, "preconditions": {"uid": meta_of(upper).get("uid")},
+                })
         except ApiError as exc:
             if not (exc.not_found or exc.conflict):
                 raise
@@ -279,8 +294,12 @@ class PodController:
         if patch is None:
             return
         ns, name = key.split("/", 1)
-        await self.ctx.upper.patch(path("pods", ns, name, "status"), patch)
-        self.stats["status_updates"] += 1
+        with self.m.pod_write("status"):
+            await self.ctx.upper.patch(path("pods", ns, name, "status"), patch)
+        if desired.get("phase") == "Running":
+            self.m.upper_running(key)
+        log.log(V(4), "wrote upper pod status", extra=fields(key, cluster=self.cluster, phase=desired.get("phase"),
+                                                               fields=sorted(patch.get("status") or {})))
 
     async def _hold(self, key: str, upper: JSON, reason: str, message: str, event_reason: str) -> None:
         """Show the pod as a kubelet shows one it cannot start, and say why once."""
@@ -347,12 +366,13 @@ class PodController:
             log.info("%s", exc, extra=fields(key, cluster=self.cluster))
             return 2.0
         try:
-            await self.ctx.lower.create(path("pods", ns), desired)
+            with self.m.pod_write("create"):
+                await self.ctx.lower.create(path("pods", ns), desired)
         except ApiError as exc:
             return await self._create_failed(key, upper, exc)
+        self.m.created(key)
         self._held.pop(key, None)
         self._resolved(upper, "held", "create")
-        self.stats["created"] += 1
         self.ctx.recorder.event(upper, NORMAL, "ProviderCreateSuccess", f"created pod in lower cluster {self.cluster}")
         log.info("created lower pod", extra=fields(key, cluster=self.cluster))
         return None
@@ -410,8 +430,8 @@ class PodController:
         reason = "LowerPodDeleted"
         message = f"the pod's copy in lower cluster {self.cluster} was deleted or evicted out of band"
         status = pod_status.failed_status(upper, reason, message)
-        await self.ctx.upper.patch(path("pods", ns, name, "status"), {"status": status})
-        self.stats["failed_out_of_band"] += 1
+        with self.m.pod_write("fail_upper"):
+            await self.ctx.upper.patch(path("pods", ns, name, "status"), {"status": status})
         self.ctx.recorder.event(upper, WARNING, reason, message)
         log.warning(message, extra=fields(key, cluster=self.cluster))
         owners = meta_of(upper).get("ownerReferences") or []
@@ -431,13 +451,13 @@ class PodController:
             return
         ns, name = key.split("/", 1)
         try:
-            await self.ctx.lower.patch(path("pods", ns, name), patch, content_type=STRATEGIC_PATCH)
+            with self.m.pod_write("spec"):
+                await self.ctx.lower.patch(path("pods", ns, name), patch, content_type=STRATEGIC_PATCH)
         except ApiError as exc:
             self._warn_once(upper, "update", "ProviderUpdateFailed",
                             f"lower cluster {self.cluster} refused the update: {_api_message(exc)}")
             raise
         self._resolved(upper, "update")
-        self.stats["spec_updates"] += 1
         self.ctx.recorder.event(upper, NORMAL, "ProviderUpdateSuccess",
                                 f"updated the pod in lower cluster {self.cluster}")
         log.info("updated lower pod", extra=fields(key, cluster=self.cluster, fields=sorted(patch)))
@@ -451,8 +471,9 @@ class PodController:
             return
         ns, name = key.split("/", 1)
         try:
-            await self.ctx.lower.patch(path("pods", ns, name, "ephemeralcontainers"), patch,
-                                       content_type=STRATEGIC_PATCH)
+            with self.m.pod_write("ephemeral"):
+                await self.ctx.lower.patch(path("pods", ns, name, "ephemeralcontainers"), patch,
+                                           content_type=STRATEGIC_PATCH)
         except ApiError as exc:
             self._warn_once(upper, "ephemeral", "ProviderUpdateFailed",
                             f"lower cluster {self.cluster} refused the ephemeral containers: {_api_message(exc)}")

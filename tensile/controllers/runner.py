@@ -15,19 +15,22 @@ import hashlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from tensile.controllers.context import Config, Context, default_node_ip
 from tensile.controllers.copies import LowerCopies
 from tensile.controllers.dependencies import DependencyController
+from tensile.controllers.metrics import VirtualNodeCollector
 from tensile.controllers.namespaces import NamespaceEnsurer
-from tensile.controllers.node import NodeController
+from tensile.controllers.node import NODE_LOOPS, NodeController
 from tensile.controllers.pods import PodController
 from tensile.controllers.services import ServiceController
-from tensile.kube.client import Kube, path
+from tensile.kube.client import USER_AGENT, Kube, path
 from tensile.kube.errors import ApiError
+from tensile.kube.leader import LeaderElector
+from tensile.kube.metrics import ApiMetrics, MachineryCollector, new_registry
+from tensile.kube.serving import OpsServer
 from tensile.kube.supervisor import Supervisor
 
 log = logging.getLogger("tensile")
@@ -54,31 +57,98 @@ async def cluster_uid(kube: Kube) -> str:
 
 #: A work item handled for longer than this means a wedged worker.
 WORKER_WEDGED_AFTER = 300.0
+#: The leader-election client's own budget: a Lease write every retry period.
+ELECTION_QPS = 5.0
+ELECTION_BURST = 10
 
 
 class VirtualNode:
-    def __init__(self, config: Config, upper: Kube, lower: Kube) -> None:
+    def __init__(self, config: Config, upper: Kube, lower: Kube, registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.upper = upper
         self.lower = lower
+        self.registry = registry if registry is not None else new_registry()
+        api = ApiMetrics(self.registry)
+        for kube in (upper, lower):
+            kube.metrics = api
         self.ctx: Context | None = None
         self.node: NodeController | None = None
         self.pods: PodController | None = None
         self.deps: DependencyController | None = None
         self.services: ServiceController | None = None
+        self.elector: LeaderElector | None = None
         self.supervisor = Supervisor(f"virtual-node {config.node_name}")
-        self._site: web.TCPSite | None = None
-        self._runner: web.AppRunner | None = None
-        self.ready = False
+        self._server: OpsServer | None = None
+        #: Caches synced; writers (node heartbeat, workers) running: this replica leads, or runs alone.
+        self.synced = False
+        self.writing = False
+        self.registry.register(MachineryCollector(
+            informers=lambda: self.ctx.informers() if self.ctx else [],
+            workers=lambda: [part.workers for part in (self.pods, self.deps, self.services) if part is not None],
+            recorder=lambda: self.ctx.recorder if self.ctx else None,
+            supervisor=self.supervisor,
+        ))
+        self.registry.register(VirtualNodeCollector(
+            node=lambda: self.node,
+            copies=lambda: {r: len(inf.store) for r, inf in self.ctx.lower_deps.items()} if self.ctx else {},
+            elector=lambda: self.elector,
+            leader_elect=config.leader_election is not None,
+        ))
 
-    async def start(self) -> None:
-        cfg = self.config
-        if not cfg.node_ip:
-            cfg.node_ip = default_node_ip()
-        upper_id = await cluster_uid(self.upper)
-        if not cfg.cluster_id:
-            cfg.cluster_id = await cluster_uid(self.lower)
-        ctx = Context.build(cfg, self.upper, self.lower, upper_id)
+    def _elect(self) -> None:
+        """The fence goes on every client that writes for this node; the election client has its own."""
+        election = self.config.leader_election
+        if election is None:
+            return
+        client = self.upper.fork("upper-leader-election", ELECTION_QPS, ELECTION_BURST)
+        client.may_write = None  # the Lease itself is always written
+        self.elector = LeaderElector(client, election)
+        # The identity in the User-Agent: the apiserver's audit log tells the replicas apart.
+        agent = f"{USER_AGENT} (virtual-node {self.config.node_name}; {election.identity})"
+        client.user_agent = agent
+        for kube in (self.upper, self.lower):
+            kube.may_write = self.elector.may_write
+            kube.user_agent = agent
+
+    async def _lead(self) -> None:
+        """Candidate, leader, candidate again: writers run only while this replica holds the Lease.
+
+        A leader that loses the Lease (an upper outage past the renew deadline, a pause, another
+        replica holding it) steps down: the fence has already stopped its writes; its workers and
+        heartbeat loops stop, and it goes back to being a candidate with its caches warm. The
+        supervisor starts this loop again if it fails unexpectedly, writers stopped first.
+        """
+        assert self.elector is not None
+        await self._stop_writers()  # whatever a failed run of this loop left behind
+        while True:
+            await self.elector.acquire()
+            await self._start_writers()
+            await self.elector.renew()  # returns once the Lease is lost
+            await self._stop_writers()
+            log.warning("stepped down: writers stopped, caches kept; a candidate again",
+                        extra={"node": self.config.node_name})
+
+    async def _start_writers(self) -> None:
+        assert self.node is not None and self.deps is not None and self.services is not None and self.pods is not None
+        await self.node.start(self.supervisor)
+        for name, part in (("dependency workers", self.deps), ("service workers", self.services),
+                           ("pod workers", self.pods)):
+            part.workers.queue.reopen()  # closed by a step-down: the keys below must get in
+            part.start()  # every key of its caches once, then the workers
+            self.supervisor.watch(name, part.workers.oldest_start, WORKER_WEDGED_AFTER)
+        self.writing = True
+        log.info("virtual node running", extra={"node": self.config.node_name, "cluster": self.config.cluster_id})
+
+    async def _stop_writers(self) -> None:
+        self.writing = False
+        for part in (self.pods, self.services, self.deps):
+            if part is not None:
+                await part.stop()
+        await self.supervisor.cancel(*NODE_LOOPS, "dependency workers", "service workers", "pod workers")
+
+    def build(self, upper_cluster_id: str) -> Context:
+        """Caches and controllers, wired together; nothing runs yet."""
+        ctx = Context.build(self.config, self.upper, self.lower, upper_cluster_id, self.registry)
         self.ctx = ctx
         namespaces = NamespaceEnsurer(self.lower, ctx.owner, ctx.lower_namespaces)
         copies = LowerCopies(ctx, namespaces)
@@ -86,35 +156,54 @@ class VirtualNode:
         self.services = ServiceController(ctx, copies)
         self.pods = PodController(ctx, self.deps, namespaces)
         self.node = NodeController(ctx)
-        await self._serve_health()
+        return ctx
+
+    async def start(self) -> None:
+        cfg = self.config
+        if not cfg.node_ip:
+            cfg.node_ip = default_node_ip()
+        self._elect()
+        upper_id = await cluster_uid(self.upper)
+        if not cfg.cluster_id:
+            cfg.cluster_id = await cluster_uid(self.lower)
+        ctx = self.build(upper_id)
+        assert self.node is not None and self.deps is not None and self.services is not None and self.pods is not None
+        await self._serve()
         for inf in ctx.informers():
             inf.start(self.supervisor)
-        await asyncio.wait_for(asyncio.gather(*(inf.wait_synced() for inf in ctx.informers())), SYNC_TIMEOUT)
+        await asyncio.wait_for(asyncio.gather(*(inf.wait_synced() for inf in ctx.informers())),
+                               cfg.startup_timeout or None)
+        self.synced = True
         log.info("caches synced", extra={"node": cfg.node_name, "cluster": cfg.cluster_id,
                                          "upper_cluster": upper_id})
-        await self.node.start(self.supervisor)
-        for name, workers in (("dependency workers", self.deps.workers), ("service workers", self.services.workers),
-                              ("pod workers", self.pods.workers)):
-            workers.start()
-            self.supervisor.watch(name, workers.oldest_start, WORKER_WEDGED_AFTER)
-        self.ready = True
-        log.info("virtual node running", extra={"node": cfg.node_name, "cluster": cfg.cluster_id})
+        if self.elector is None:
+            await self._start_writers()
+        else:
+            # Until it leads, a replica only reads: its caches stay warm for a fast take-over.
+            self.supervisor.spawn("leader election", self._lead)
 
     async def stop(self) -> None:
         """Stop every part, each on its own: one that fails must not leave the others running."""
-        self.ready = False
+        self.synced = False
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            (f"{part.__class__.__name__}.stop", part.stop)
-            for part in (self.pods, self.services, self.deps) if part is not None
+            # First, so it cannot start writers while they stop.
+            ("leader election loop", lambda: self.supervisor.cancel("leader election")),
+            *((f"{part.__class__.__name__}.stop", part.stop)
+              for part in (self.pods, self.services, self.deps) if part is not None),
         ]
-        if self.ctx is not None:
+        if self.ctx is not None and (self.elector is None or self.elector.may_write()):
             steps.append(("event flush", self.ctx.recorder.flush))
         steps.append(("supervised loops", self.supervisor.stop))
+        if self.elector is not None:
+            # After every writer stopped: give the Lease up so a follower takes over at once.
+            steps.append(("leader election", self.elector.release))
         if self.ctx is not None:
             steps.append(("heartbeat client", self.ctx.heartbeat.close))
-        if self._runner is not None:
-            steps.append(("health server", self._runner.cleanup))
+        if self._server is not None:
+            steps.append(("health server", self._server.stop))
         steps += [("upper client", self.upper.close), ("lower client", self.lower.close)]
+        if self.elector is not None:
+            steps.append(("leader-election client", self.elector.kube.close))
         for what, step in steps:
             try:
                 await step()
@@ -128,71 +217,29 @@ class VirtualNode:
         """Why this process is not alive and well: dead or wedged loops."""
         return self.supervisor.problems()
 
+    def leadership(self) -> str:
+        if self.elector is None:
+            return "leader election off: this replica writes"
+        if self.elector.may_write():
+            return f"leading ({self.elector.config.identity})"
+        return f"following: {self.elector.leader or 'nobody'} leads"
+
     def not_ready(self) -> list[str]:
         """Why this process should not be sent work: unsynced caches, a stale Lease."""
         reasons: list[str] = []
-        if not self.ready:
-            reasons.append("starting or stopping")
         if self.ctx is not None:
-            reasons += [f"cache {inf.name} not synced" for inf in self.ctx.informers() if not inf.synced.is_set()]
-        if self.node is not None and self.ready and not self.node.lease_fresh():
+            reasons += [f"cache {inf.name} not synced" for inf in self.ctx.informers() if not inf.is_synced]
+        if not self.synced and not reasons:
+            reasons.append("starting or stopping")
+        if self.node is not None and self.writing and not self.node.lease_fresh():
             reasons.append("the node Lease was not renewed within its duration")
         return reasons
 
-    def metrics(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "upper_requests": self.upper.requests,
-            "lower_requests": self.lower.requests,
-            "upper_reauths": self.upper.reauths,
-            "lower_reauths": self.lower.reauths,
-        }
-        if self.pods is not None:
-            out.update({f"pods_{k}": v for k, v in self.pods.stats.items()})
-            out["pods_queue_depth"] = len(self.pods.queue)
-            out["pods_retries"] = self.pods.queue.retries
-        if self.ctx is not None:
-            out["heartbeat_requests"] = self.ctx.heartbeat.requests
-            recorder = self.ctx.recorder
-            out.update(events_written=recorder.written, events_folded=recorder.folded,
-                       events_dropped=recorder.dropped, events_failed=recorder.failed, events_queued=len(recorder))
-            for inf in self.ctx.informers():
-                out[f"cache_objects{{informer=\"{inf.name}\"}}"] = len(inf.store)
-                out[f"informer_lists{{informer=\"{inf.name}\"}}"] = inf.relists
-                out[f"informer_watches{{informer=\"{inf.name}\"}}"] = inf.watches
-                out[f"informer_failures{{informer=\"{inf.name}\"}}"] = inf.failures
-        out["supervised_restarts"] = sum(e.restarts for e in self.supervisor.entries.values())
-        return out
-
-    async def _serve_health(self) -> None:
-        if not self.config.metrics_port:
+    async def _serve(self) -> None:
+        if self.config.metrics_addr is None:
             return
-
-        async def healthz(_: web.Request) -> web.Response:
-            problems = self.problems()
-            if problems:
-                return web.Response(text="\n".join(problems) + "\n", status=500)
-            return web.Response(text="ok")
-
-        async def readyz(_: web.Request) -> web.Response:
-            reasons = self.not_ready()
-            if reasons:
-                return web.Response(text="\n".join(reasons) + "\n", status=503)
-            return web.Response(text="ok")
-
-        async def metrics(_: web.Request) -> web.Response:
-            lines = []
-            for k, v in self.metrics().items():
-                lines.append(f"tensile_{k} {v}")
-            return web.Response(text="\n".join(lines) + "\n")
-
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        app.router.add_get("/metrics", metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self._site = web.TCPSite(self._runner, "0.0.0.0", self.config.metrics_port)
-        await self._site.start()
+        self._server = OpsServer(self.registry, self.problems, lambda: (self.not_ready(), self.leadership()))
+        await self._server.start(*self.config.metrics_addr)
 
 
 async def run(config: Config, upper_kubeconfig: str | None, lower_kubeconfig: str, qps: tuple[float, int, float, int]

@@ -37,7 +37,7 @@ class ServiceController:
         self.copies = copies
         self.flat = ctx.config.flat_network
         self.queue = WorkQueue("services")
-        self.workers = Workers(self.queue, self.reconcile, 2, self._on_error)
+        self.workers = Workers(self.queue, self.reconcile, ctx.config.service_workers, self._on_error)
         ctx.upper_pods.add_handler(self._on_pod)
         ctx.upper_deps[SERVICES].add_handler(self._on_service)
         ctx.lower_deps[SERVICES].add_handler(self._on_service)

@@ -26,7 +26,9 @@ from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.config import kube_config
 from kubernetes_asyncio.config.incluster_config import load_incluster_config
 
-from tensile.kube.errors import ApiError
+from tensile.kube.errors import NOT_LEADER, ApiError
+from tensile.kube.metrics import ApiMetrics
+from tensile.logs import V
 
 log = logging.getLogger("tensile.kube")
 
@@ -81,9 +83,33 @@ def path(
     return "/".join(parts)
 
 
+def _not_leader(method: str, url_path: str) -> ApiError:
+    return ApiError(503, NOT_LEADER, f"{method} {url_path}: not sent: this replica does not hold the "
+                                      "leader-election lease")
+
+
+class _FencedBody(aiohttp.BytesPayload):
+    """A request body that checks the leader-election fence at the moment it is written."""
+
+    def __init__(self, data: bytes, content_type: str, fence: Callable[[], None]) -> None:
+        super().__init__(data, content_type=content_type)
+        self._fence = fence
+
+    async def write(self, writer: Any) -> None:
+        self._fence()
+        await super().write(writer)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        self._fence()
+        await super().write_with_length(writer, content_length)
+
+
 Reload = Callable[[], Awaitable[Configuration]]
 #: Do not reload credentials more often than this, however many requests fail at once.
 REAUTH_MIN_INTERVAL = 5.0
+#: Verbs that only read: always allowed, leader or not.
+READ_VERBS = frozenset({"GET", "HEAD", "WATCH"})
+USER_AGENT = "tensile/0.1.0"
 
 
 class Kube:
@@ -107,6 +133,15 @@ class Kube:
         self._last_reauth = 0.0
         self.requests = 0
         self.reauths = 0
+        #: Where requests are counted and timed (set by the component that owns the registry).
+        self.metrics: ApiMetrics | None = None
+        #: The leader-election fence: a write is sent only while this says yes (see ``tensile.kube.leader``).
+        self.may_write: Callable[[], bool] | None = None
+        self.user_agent = USER_AGENT
+
+    def _inherit(self, other: Kube) -> Kube:
+        other.metrics, other.may_write, other.user_agent = self.metrics, self.may_write, self.user_agent
+        return other
 
     def fork(self, name: str, qps: float, burst: int) -> Kube:
         """The same cluster and credentials with a rate limiter and connections of its own.
@@ -115,7 +150,7 @@ class Kube:
         shared limiter, a burst of pod writes delays the Lease past its duration and the
         node-lifecycle controller taints the node and evicts its pods.
         """
-        return Kube(self.config, qps, burst, name=name, reload=self._reload)
+        return self._inherit(Kube(self.config, qps, burst, name=name, reload=self._reload))
 
     @classmethod
     async def from_kubeconfig(
@@ -157,6 +192,8 @@ class Kube:
                 asyncio.get_running_loop().call_later(30, lambda: asyncio.ensure_future(old.close()))
             self._last_reauth = time.monotonic()
             self.reauths += 1
+            if self.metrics is not None:
+                self.metrics.reauths.labels(self.name).inc()
             log.warning("credentials reloaded after 401 Unauthorized", extra={"cluster": self.name})
             return True
 
@@ -195,7 +232,7 @@ class Kube:
             self._session = None
 
     async def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": "tensile"}
+        headers = {"Accept": "application/json", "User-Agent": self.user_agent}
         if self.config.refresh_api_key_hook is not None:
             hook: Any = self.config.refresh_api_key_hook
             res = hook(self.config)
@@ -237,22 +274,40 @@ class Kube:
         timeout: float,
     ) -> JSON:
         await self.limiter.acquire()
-        self.requests += 1
-        data = None
+        write = method not in READ_VERBS
+        if body is None and method == "DELETE":
+            body = {"kind": "DeleteOptions", "apiVersion": "v1"}  # every write carries a body: see below
+        data: bytes | aiohttp.BytesPayload | None = None
         if body is not None:
-            data = body if isinstance(body, bytes) else orjson.dumps(body)
+            raw_body = body if isinstance(body, bytes) else orjson.dumps(body)
             content_type = content_type or "application/json"
+            data = raw_body
+            if write and self.may_write is not None:
+                # The fence is checked where the bytes go out: aiohttp writes a body from a task of
+                # its own, after connecting (a TLS handshake, a DNS lookup) and a loop iteration later.
+                # A leader paused past its renew deadline (SIGSTOP, a VM pause) that wakes up with a
+                # request in between sends nothing: its headers wait in a buffer for the body.
+                data = _FencedBody(raw_body, content_type, lambda: self._check_fence(method, url_path))
+        headers = await self._headers(content_type)
+        self._check_fence(method, url_path)
+        self.requests += 1
+        started = time.monotonic()
+        code = 0
         try:
             async with self.session.request(
                 method, self.host + url_path, params=params, data=data,
-                headers=await self._headers(content_type), timeout=aiohttp.ClientTimeout(total=timeout),
-                **self._route(),
+                headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), **self._route(),
             ) as resp:
+                code = resp.status
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise ApiError.from_response(resp.status, raw, method, url_path)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if write and self.may_write is not None and not self.may_write():
+                raise _not_leader(method, url_path) from exc  # the fenced body refused to go out
             raise ApiError.connection(exc, method, url_path) from exc
+        finally:
+            self._observe(method, url_path, code, time.monotonic() - started)
         if not raw:
             return {}
         try:
@@ -263,6 +318,19 @@ class Kube:
         if not isinstance(decoded, dict):
             raise ApiError(502, "InvalidResponse", f"{method} {url_path}: the body is not a JSON object")
         return decoded
+
+    def _check_fence(self, method: str, url_path: str) -> None:
+        if method in READ_VERBS or self.may_write is None or self.may_write():
+            return
+        if self.metrics is not None:
+            self.metrics.refused_writes.labels(self.name).inc()
+        raise _not_leader(method, url_path)
+
+    def _observe(self, verb: str, url_path: str, code: int, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(self.name, verb, code, seconds)
+        log.log(V(6), "%s %s %s in %.3fs", verb, url_path, code or "no answer", seconds,
+                extra={"cluster": self.name})
 
     async def get(self, url_path: str, **kw: Any) -> JSON:
         return await self.request("GET", url_path, **kw)
@@ -290,12 +358,14 @@ class Kube:
         await self.limiter.acquire()
         self.requests += 1
         query = {**params, "watch": "1"}
+        started = time.monotonic()
         try:
             async with self.session.get(
                 self.host + url_path, params=query, headers=await self._headers(None),
                 timeout=aiohttp.ClientTimeout(total=timeout + 30, sock_read=silence or timeout + 30),
                 **self._route(),
             ) as resp:
+                self._observe("WATCH", url_path, resp.status, time.monotonic() - started)
                 if resp.status >= 400:
                     if resp.status == 401:
                         await self.reauthenticate()  # the informer's retry uses the new credentials

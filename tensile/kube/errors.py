@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+NOT_LEADER = "NotLeader"
+
 
 class ApiError(Exception):
     def __init__(self, status: int, reason: str, message: str, body: dict[str, Any] | None = None) -> None:
@@ -46,6 +48,11 @@ class ApiError(Exception):
     @property
     def already_exists(self) -> bool:
         return self.status == 409 and self.reason == "AlreadyExists"
+
+    @property
+    def not_leader(self) -> bool:
+        """Not sent: this replica does not hold the leader-election Lease (see ``tensile.kube.leader``)."""
+        return self.reason == NOT_LEADER
 
     @property
     def gone(self) -> bool:

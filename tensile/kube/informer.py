@@ -34,6 +34,7 @@ from collections.abc import Callable
 from tensile.kube.client import JSON, Kube
 from tensile.kube.errors import ApiError
 from tensile.kube.supervisor import Supervisor
+from tensile.logs import V
 
 log = logging.getLogger("tensile.kube.informer")
 
@@ -112,6 +113,10 @@ class Informer:
         self._indices: dict[str, dict[str, set[str]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._resync_task: asyncio.Task[None] | None = None
+
+    @property
+    def is_synced(self) -> bool:
+        return self.synced.is_set()
 
     def add_handler(self, handler: Handler) -> None:
         self.handlers.append(handler)
@@ -196,6 +201,8 @@ class Informer:
         self.relists += 1
         self.last_progress = time.monotonic()
         self.synced.set()
+        log.log(V(4), "informer %s: listed %d objects at resourceVersion %s", self.name, len(fresh),
+                self.resource_version, extra={"cluster": self.kube.name})
 
     async def _watch(self) -> None:
         params: dict[str, str | int] = {
@@ -206,6 +213,8 @@ class Informer:
         }
         self.watches += 1
         self.last_progress = time.monotonic()
+        log.log(V(5), "informer %s: watching from resourceVersion %s", self.name, self.resource_version,
+                extra={"cluster": self.kube.name})
         async for event in self.kube.watch(self.list_path, params, timeout=WATCH_TIMEOUT, silence=WATCH_SILENCE):
             self.last_progress = time.monotonic()
             etype = event.get("type")

@@ -104,6 +104,14 @@ class Supervisor:
             await self._sleep(delay)
             delay = min(RESTART_MAX, delay * 2)
 
+    async def cancel(self, *names: str) -> None:
+        """Stop and forget the named loops (those not running are skipped); the others go on."""
+        entries = [self.entries.pop(name) for name in names if name in self.entries]
+        tasks = [e.task for e in entries if e.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def problems(self) -> list[str]:
         """Dead or wedged loops; empty when all is well."""
         now = self._clock()

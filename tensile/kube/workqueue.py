@@ -16,7 +16,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from tensile.kube.errors import ApiError
+from tensile.logs import V
+
 log = logging.getLogger("tensile.kube.workqueue")
+#: When a key a step-down interrupted is looked at again, should this replica still lead.
+NOT_LEADER_RECHECK = 1.0
 
 
 class WorkQueue:
@@ -32,6 +37,7 @@ class WorkQueue:
         self._shutdown = False
         self.processed = 0
         self.retries = 0
+        self.adds = 0
 
     def __len__(self) -> int:
         return len(self._dirty)
@@ -40,6 +46,8 @@ class WorkQueue:
         if self._shutdown or key in self._dirty:
             return
         self._dirty.add(key)
+        self.adds += 1
+        log.log(V(5), "%s: queued %s", self.name, key)
         if key not in self._processing:
             self._queue.put_nowait(key)
 
@@ -91,6 +99,10 @@ class WorkQueue:
         if key in self._dirty:
             self._queue.put_nowait(key)
 
+    def reopen(self) -> None:
+        """Accept keys again after ``shutdown``; keys still waiting stay (delayed ones were dropped)."""
+        self._shutdown = False
+
     def shutdown(self) -> None:
         self._shutdown = True
         for timer in self._timers.values():
@@ -132,12 +144,16 @@ class Workers:
             self._current[n] = (key, time.monotonic())
             try:
                 again = await self.handler(key)
+            except ApiError as exc:
+                if exc.not_leader:
+                    # The fence closed mid-item: this replica is stepping down (its queue then takes
+                    # no keys, and leading again enqueues every key). Not a failure to report.
+                    log.log(V(2), "%s: %s not handled: not the leader", self.queue.name, key)
+                    self.queue.add_after(key, NOT_LEADER_RECHECK)
+                else:
+                    self._failed(key, exc)
             except Exception as exc:  # noqa: BLE001 - every failure is reported and retried with backoff
-                self.queue.add_rate_limited(key)
-                try:
-                    self.on_error(key, exc)
-                except Exception:  # a broken error hook must not stop the worker
-                    log.exception("%s: error handler failed for %s", self.queue.name, key)
+                self._failed(key, exc)
             else:
                 self.queue.forget(key)
                 if again is not None:
@@ -146,6 +162,17 @@ class Workers:
                 self._current.pop(n, None)
                 self.queue.done(key)
         self._busy[n] = False
+
+    def _failed(self, key: str, exc: BaseException) -> None:
+        self.queue.add_rate_limited(key)
+        try:
+            self.on_error(key, exc)
+        except Exception:  # a broken error hook must not stop the worker
+            log.exception("%s: error handler failed for %s", self.queue.name, key)
+
+    def busy(self) -> int:
+        """Workers handling a key now."""
+        return len(self._current)
 
     def oldest_start(self) -> float:
         """When the longest-running item in hand started; now when the workers are idle."""
@@ -159,6 +186,9 @@ class Workers:
         return key, time.monotonic() - started
 
     def start(self) -> None:
+        """Start the workers; again after ``stop`` too (a leader that stepped down and leads again)."""
+        self._stopping = False
+        self.queue.reopen()
         self._tasks = [
             asyncio.create_task(self._worker(i), name=f"{self.queue.name}-worker-{i}") for i in range(self.count)
         ]
