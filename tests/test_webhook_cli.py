@@ -39,7 +39,9 @@ def test_serving_is_the_default_form() -> None:
     assert args.port == 9443
     assert args.ignore_selector_keys == frozenset({CLUSTER_ID_LABEL})
     assert args.virtual_node_selector is True
-    assert args.log_level == "INFO"
+    assert args.log_level == "0"
+    assert args.log_format == "auto"
+    assert args.metrics_addr == ("0.0.0.0", 8080)  # plain HTTP, away from the HTTPS port
 
 
 def test_serving_flags() -> None:
@@ -56,7 +58,7 @@ def test_serving_flags() -> None:
     assert args.ignore_selector_keys == frozenset({CLUSTER_ID_LABEL, "region"})
     assert args.virtual_node_selector is False
     assert args.unreachable_toleration_seconds == 60
-    assert args.log_level == "DEBUG"
+    assert args.log_level == "4"  # a bare -v still works: debug lines
     assert parse("--signing-key-file", "s").signing_key_file == Path("s")
     assert parse().signing_key_file is None
 
@@ -229,5 +231,54 @@ def test_install_against_unreachable_cluster_fails_with_one_line(
 
 def test_log_level_flag_after_sub_subcommand_is_accepted(tmp_path: Path) -> None:
     args = parse("certs", str(tmp_path), "--host", "127.0.0.1", "--log-level", "warning")
-    assert args.log_level == "WARNING"
-    assert parse("-v", "certs", str(tmp_path)).log_level == "DEBUG"
+    assert args.log_level == "warning"
+    assert parse("certs", str(tmp_path), "--log-level", "DEBUG").log_level == "debug"  # old spelling
+    assert parse("certs", str(tmp_path), "-v").log_level == "4"
+    assert parse("certs", str(tmp_path), "--log-format", "json").log_format == "json"
+
+
+def test_v_takes_a_kubernetes_verbosity_before_and_after_sub_subcommands(tmp_path: Path) -> None:
+    # -v now takes a level, like a Kubernetes component's; before a sub-subcommand it must be given one.
+    assert parse("-v", "4", "certs", str(tmp_path)).log_level == "4"
+    assert parse("--v=6", "certs", str(tmp_path)).log_level == "6"
+    assert parse("-v", "2").log_level == "2"
+    args = parse("-v", "6", "--log-format", "text", "install", "--url", "https://h/mutate", "--ca-file", "ca.crt")
+    assert (args.log_level, args.log_format) == ("6", "text")  # not reset by the sub-subcommand's defaults
+    assert parse("install", "--url", "https://h/mutate", "--ca-file", "ca.crt", "--v", "3").log_level == "3"
+
+
+def test_a_bare_v_before_a_sub_subcommand_is_an_error_with_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("-v", "certs", str(tmp_path))
+    assert exit_info.value.code == 2
+    assert "-v 4 certs" in capsys.readouterr().err
+
+
+def test_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--log-level", "loud")
+    assert exit_info.value.code == 2
+    assert "invalid level 'loud'" in capsys.readouterr().err
+
+
+def test_metrics_addr(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse("--metrics-addr", "127.0.0.1:9100").metrics_addr == ("127.0.0.1", 9100)
+    assert parse("--metrics-addr=[::1]:9100").metrics_addr == ("::1", 9100)
+    assert parse("--metrics-addr", "").metrics_addr is None
+    assert parse("--metrics-addr", "0").metrics_addr is None
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--metrics-addr", "nope")
+    assert exit_info.value.code == 2
+    assert "--metrics-addr" in capsys.readouterr().err
+
+
+def test_metrics_addr_on_the_https_port_fails_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run("certs", str(tmp_path), "--host", "127.0.0.1")
+    code = run("--port", "9443", "--metrics-addr", ":9443", "--tls-cert-file", str(tmp_path / "tls.crt"),
+               "--tls-key-file", str(tmp_path / "tls.key"))
+    assert code == 2
+    assert "--metrics-addr" in one_line_error(capsys)

@@ -248,6 +248,8 @@ def test_cli_serves_and_stops_gracefully_on_sigterm(certs: CertPaths) -> None:
         str(port),
         "--bind-address",
         "127.0.0.1",
+        "--metrics-addr",
+        f"127.0.0.1:{_free_port()}",  # never the default :8080, so runs can overlap
         "--tls-cert-file",
         str(certs.tls_cert),
         "--tls-key-file",

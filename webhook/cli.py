@@ -8,6 +8,12 @@ Three forms share one subcommand so a deployment needs one binary:
   the ValidatingAdmissionPolicy that keeps its annotations from being edited afterwards.
 
 Bad input ends with a one-line error and exit code 2, never a stack trace.
+
+Logging takes the flags of every tensile component (``tensile.logs``): ``-v/--v/--log-level LEVEL``
+(a number 0-10 like a Kubernetes component's ``-v``, or debug/info/warning/error in any case) and
+``--log-format {auto,text,json}``. A bare ``-v`` still works and means ``-v 4`` (every admission
+decision), as long as a flag or nothing follows it: ``-v certs DIR`` would read ``certs`` as the
+level, so write ``-v 4 certs DIR`` or put ``-v`` after the sub-subcommand.
 """
 
 from __future__ import annotations
@@ -18,13 +24,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tensile import logs
+from tensile import flags, logs
 from tensile.conventions import CLUSTER_ID_LABEL
 
 __all__ = ["main", "register"]
 
 _PROG = "tensile webhook"
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Plain HTTP for Prometheus and probes; controller-runtime's default, away from the HTTPS --port 8443.
+_METRICS_ADDR = ":8080"
+#: What a bare ``-v`` means: debug lines, one per admission decision.
+_BARE_V = "4"
 
 
 class _UsageError(Exception):
@@ -55,19 +64,33 @@ def _keys(value: str) -> frozenset[str]:
     return frozenset(key.strip() for key in value.split(",") if key.strip())
 
 
-def _add_logging_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+def _log_level(value: str) -> str:
+    """A ``-v`` value ``tensile.logs`` accepts, normalised: ``"4"``, ``"debug"``, ``"warning"``."""
+    text = value.strip().lower()
+    try:
+        logs.verbosity(text)
+    except ValueError:
+        hint = f" (a bare -v before {text} takes it as the level: write -v {_BARE_V} {text})" if text in (
+            "certs", "install") else ""
+        raise argparse.ArgumentTypeError(
+            f"invalid level {value!r}: use a number (0-10) or debug, info, warning, error{hint}") from None
+    return text
+
+
+def _add_logging_flags(parser: argparse.ArgumentParser, default: Any, default_format: Any) -> None:
+    """``tensile.logs.add_flags``'s flags, with a bare ``-v`` kept working (it means ``-v 4``).
+
+    Sub-subcommands pass ``argparse.SUPPRESS`` so that a flag given before them is not reset.
+    """
     parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_const",
-        const="DEBUG",
-        dest="log_level",
-        default=default,
-        help="log at DEBUG level",
-    )
+        "-v", "--v", "--log-level", "--verbose", dest="log_level", nargs="?", const=_BARE_V, type=_log_level,
+        default=default, metavar="LEVEL",
+        help="verbosity like a Kubernetes component's -v: 0 (default), 2, 4 (every admission decision), up to "
+             f"10; or debug, info, warning, error. A bare -v means {_BARE_V}")
     parser.add_argument(
-        "--log-level", type=str.upper, choices=_LOG_LEVELS, default=default, help="log level (default INFO)"
-    )
+        "--log-format", choices=logs.FORMATS, default=default_format,
+        help="text (klog-like lines) or json (one object per line); auto (default): text on a terminal, "
+             "json otherwise")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -80,7 +103,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.set_defaults(func=_run_serve)
     serve = parser.add_argument_group("serving")
-    serve.add_argument("--port", type=_port, default=8443, help="HTTPS port (default 8443; 0 picks a free one)")
+    serve.add_argument("--port", type=_port, default=8443,
+                       help="HTTPS port the apiserver calls (default 8443; 0 picks a free one); metrics and "
+                            "probes over plain HTTP are on --metrics-addr")
     serve.add_argument("--bind-address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--tls-cert-file", type=Path, help="serving certificate (PEM), required to serve")
     serve.add_argument("--tls-key-file", type=Path, help="serving key (PEM), required to serve")
@@ -125,7 +150,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="accepted for compatibility with Tensile Kube; the webhook makes no API calls",
     )
-    _add_logging_flags(parser, "INFO")
+    flags.add_metrics_flag(serve, _METRICS_ADDR, "webhook")
+    _add_logging_flags(parser, "0", "auto")
 
     commands = parser.add_subparsers(dest="webhook_command", metavar="{certs,install}")
 
@@ -141,7 +167,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     certs.add_argument("--ca-key-file", type=Path, default=None,
                        help="keep the CA key here, outside DIR (default: not kept; DIR is what gets mounted)")
     certs.set_defaults(func=_run_certs)
-    _add_logging_flags(certs, argparse.SUPPRESS)
+    _add_logging_flags(certs, argparse.SUPPRESS, argparse.SUPPRESS)
 
     install = commands.add_parser(
         "install",
@@ -160,12 +186,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     install.add_argument("--timeout-seconds", type=int, default=10, help="per-call timeout, 1-30 (default 10)")
     install.add_argument("--dry-run", action="store_true", help="print the objects as a JSON List, change nothing")
     install.set_defaults(func=_run_install)
-    _add_logging_flags(install, argparse.SUPPRESS)
+    _add_logging_flags(install, argparse.SUPPRESS, argparse.SUPPRESS)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    """JSON lines, like every tensile component (tensile.logs)."""
-    logs.setup(getattr(args, "log_level", "INFO"))
+    """Like every tensile component (tensile.logs): klog-like text on a terminal, else JSON lines."""
+    logs.setup(getattr(args, "log_level", "0"), getattr(args, "log_format", "auto"))
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -202,6 +228,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             port=args.port,
             bind_address=args.bind_address,
             signing_key_file=signing_file,
+            metrics_addr=args.metrics_addr,
             mutate=MutateOptions(
                 ignore_selector_keys=args.ignore_selector_keys,
                 add_virtual_node_selector=args.virtual_node_selector,
@@ -213,12 +240,14 @@ def _run_serve(args: argparse.Namespace) -> int:
             signing_key(options)
         except (ValueError, OSError) as exc:
             raise _UsageError(f"cannot derive the signing key from {signing_file or key}: {exc}") from exc
+        if args.metrics_addr is not None and args.port != 0 and args.metrics_addr[1] == args.port:
+            raise _UsageError(f"--metrics-addr serves plain HTTP and cannot share the HTTPS --port {args.port}")
     except _UsageError as exc:
         return _fail(str(exc))
     try:
         asyncio.run(serve(options))
-    except OSError as exc:  # e.g. address already in use
-        return _fail(f"cannot serve on {args.bind_address}:{args.port}: {exc}", 1)
+    except OSError as exc:  # e.g. address already in use (the message names the address)
+        return _fail(f"cannot serve: {exc}", 1)
     except KeyboardInterrupt:
         return 130
     return 0

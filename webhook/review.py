@@ -35,6 +35,8 @@ class Decision:
     action: str = ""  # "patched", "skipped" or "rejected"
     reason: str = ""
     operations: int = 0
+    #: The request's ``operation`` (``CREATE``, ``UPDATE``...) as sent; ``""`` when the review had none.
+    operation: str = ""
 
 
 def _bad_request(message: str) -> tuple[int, JSONObject]:
@@ -100,35 +102,38 @@ def _handle(body: bytes, options: MutateOptions) -> tuple[int, JSONObject, Decis
         return status, result, Decision(action="rejected", reason="no uid")
 
     namespace = _str(request.get("namespace"))
+    operation = _str(request.get("operation"))
     allowed: JSONObject = {"uid": uid, "allowed": True}
     kind = request.get("kind")
     is_pod = isinstance(kind, dict) and kind.get("group", "") == "" and kind.get("kind") == "Pod"
+    request_name = _str(request.get("name"))
     if not is_pod or request.get("subResource"):
-        return 200, _review(allowed), Decision(uid, namespace, _str(request.get("name")), "skipped", "not a pod")
-    if request.get("operation") != "CREATE":
-        return 200, _review(allowed), Decision(uid, namespace, _str(request.get("name")), "skipped", "not a create")
+        return 200, _review(allowed), Decision(uid, namespace, request_name, "skipped", "not a pod", 0, operation)
+    if operation != "CREATE":
+        return 200, _review(allowed), Decision(uid, namespace, request_name, "skipped", "not a create", 0, operation)
 
     pod = request.get("object")
     if not isinstance(pod, dict):
         status, result = _bad_request("AdmissionReview request has no pod object")
-        return status, result, Decision(uid, namespace, _str(request.get("name")), "rejected", "no object")
+        return status, result, Decision(uid, namespace, request_name, "rejected", "no object", 0, operation)
     name = _pod_name(request, pod)
     try:
         mutation = mutate(pod, options, namespace=namespace or None)
     except MalformedPodError as exc:
         status, result = _bad_request(f"malformed pod: {exc}")
-        return status, result, Decision(uid, namespace, name, "rejected", "malformed pod")
+        return status, result, Decision(uid, namespace, name, "rejected", "malformed pod", operation=operation)
     if not mutation.patch:
-        return 200, _review(allowed), Decision(uid, namespace, name, "skipped", _skip_reason(pod, namespace))
+        return 200, _review(allowed), Decision(uid, namespace, name, "skipped", _skip_reason(pod, namespace), 0,
+                                               operation)
     try:
         encoded = orjson.dumps(mutation.patch)
     except TypeError as exc:  # nesting deeper than orjson's limit; no real pod gets here
         status, result = _bad_request(f"malformed pod: {exc}")
-        return status, result, Decision(uid, namespace, name, "rejected", "malformed pod")
+        return status, result, Decision(uid, namespace, name, "rejected", "malformed pod", operation=operation)
     response = {**allowed, "patchType": "JSONPatch", "patch": base64.b64encode(encoded).decode("ascii")}
     if mutation.warnings:
         response["warnings"] = list(mutation.warnings)
-    decision = Decision(uid, namespace, name, "patched", mutation.reason, len(mutation.patch))
+    decision = Decision(uid, namespace, name, "patched", mutation.reason, len(mutation.patch), operation)
     return 200, _review(response), decision
 
 

@@ -1,9 +1,15 @@
 """The HTTPS endpoint kube-apiserver calls for pod admission.
 
 A thin aiohttp shell around :func:`webhook.review.handle_review`: TLS only (the apiserver never
-calls a webhook over plain HTTP), a bounded request body, one structured log line per decision,
-health/readiness probes, and a graceful stop on SIGTERM/SIGINT so in-flight admissions finish
-during a rolling update instead of failing pod creation.
+calls a webhook over plain HTTP), a bounded request body, one structured log line per decision
+(at ``-v 4``; requests answered with an error always), health/readiness probes, and a graceful stop
+on SIGTERM/SIGINT so in-flight admissions finish during a rolling update instead of failing pod
+creation.
+
+Every ``/mutate`` request is counted and timed (:class:`webhook.metrics.WebhookMetrics`). With
+``ServerOptions.metrics_addr``, :func:`serve` also runs the plain-HTTP ``/metrics``, ``/healthz``
+and ``/readyz`` every tensile component has (``tensile.kube.serving.OpsServer``), reporting the
+same health and readiness as the HTTPS probes: not ready from SIGTERM on, while draining.
 
 The key that signs ``clusterSelector`` annotations (``webhook.signing``) is derived from the TLS
 serving key file by default. Every replica mounts the same Secret, so they all agree, and a
@@ -23,18 +29,25 @@ import dataclasses
 import logging
 import signal
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 from aiohttp import web
+from cryptography import x509
+from prometheus_client import CollectorRegistry
 
+from tensile.kube.metrics import new_registry
+from tensile.kube.serving import OpsServer, Readiness
+from tensile.logs import V
+from webhook.metrics import WebhookMetrics, result_label
 from webhook.mutate import MutateOptions
 from webhook.review import Decision, handle_review
 from webhook.signing import derive_key
 
-__all__ = ["LOGGER_NAME", "CertReloader", "ServerOptions", "create_app", "mutate_options", "reloader", "serve",
-           "signing_key", "ssl_context", "start"]
+__all__ = ["LOGGER_NAME", "CertReloader", "ServerOptions", "create_app", "metrics", "mutate_options",
+           "ops_server", "reloader", "serve", "signing_key", "ssl_context", "start"]
 
 LOGGER_NAME = "tensile.webhook"
 log = logging.getLogger(LOGGER_NAME)
@@ -42,9 +55,12 @@ log = logging.getLogger(LOGGER_NAME)
 
 @dataclasses.dataclass
 class _State:
+    metrics: WebhookMetrics
     ready: bool = True
     #: Set by ``create_app``; replaced when a rotated serving key changes the signing key.
     mutate: MutateOptions = dataclasses.field(default_factory=MutateOptions)
+    #: Why the process should be restarted (``/healthz`` 500); empty when all is well.
+    problems: list[str] = dataclasses.field(default_factory=list)
 
 
 _STATE = web.AppKey("state", _State)
@@ -68,6 +84,8 @@ class ServerOptions:
     drain_seconds: float = 0.0
     #: The secret the clusterSelector signing key is derived from; ``None``: ``tls_key_file``.
     signing_key_file: Path | None = None
+    #: Where :func:`serve` serves ``/metrics``, ``/healthz`` and ``/readyz`` over plain HTTP; ``None``: nowhere.
+    metrics_addr: tuple[str, int] | None = None
 
 
 def signing_key(options: ServerOptions) -> bytes:
@@ -86,33 +104,51 @@ def ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     return context
 
 
-def _log_decision(decision: Decision, status: int) -> None:
+def _log_decision(decision: Decision, status: int, seconds: float) -> None:
     # Identity and outcome only: the pod body may hold secrets in env values, so it is never logged.
-    log.info(
+    # A request answered with an error is worth a line at any verbosity; the others only at -v 4.
+    level = logging.WARNING if status >= 400 else V(4)
+    log.log(
+        level,
         "admission %s",
         decision.action,
         extra={
             "decision": decision.action,
             "status": status,
+            "operation": decision.operation,
             "uid": decision.uid,
             "namespace": decision.namespace,
             "pod": decision.name,
             "reason": decision.reason,
             "operations": decision.operations,
+            "seconds": round(seconds, 6),
         },
     )
 
 
 async def _mutate(request: web.Request) -> web.Response:
-    body = await request.read()  # raises 413 past client_max_size
+    state = request.app[_STATE]
+    started = time.perf_counter()
     decisions: list[Decision] = []
-    status, result = handle_review(body, request.app[_STATE].mutate, decisions)
-    for decision in decisions:
-        _log_decision(decision, status)
-    return web.Response(status=status, body=orjson.dumps(result), content_type="application/json")
+    state.metrics.in_flight.inc()
+    try:
+        body = await request.read()  # raises 413 past client_max_size
+        status, result = handle_review(body, state.mutate, decisions)
+        response = web.Response(status=status, body=orjson.dumps(result), content_type="application/json")
+        for decision in decisions:
+            _log_decision(decision, status, time.perf_counter() - started)
+        return response
+    finally:
+        # Also when the body was too large (413) or the handler failed: counted as an error.
+        state.metrics.in_flight.dec()
+        first = decisions[0] if decisions else None
+        state.metrics.observe(first.operation if first else "", result_label(first), time.perf_counter() - started)
 
 
-async def _healthz(_request: web.Request) -> web.Response:
+async def _healthz(request: web.Request) -> web.Response:
+    problems = _liveness(request.app)
+    if problems:
+        return web.Response(status=500, text="\n".join(problems))
     return web.Response(text="ok")
 
 
@@ -122,16 +158,29 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.Response(status=503, text="shutting down")
 
 
+def _liveness(app: web.Application) -> list[str]:
+    """Why the process should be restarted: a background loop that died."""
+    return list(app[_STATE].problems)
+
+
+def _readiness(app: web.Application) -> Readiness:
+    if app[_STATE].ready:
+        return [], "serving admission reviews"
+    return ["shutting down"], "draining: finishing in-flight requests"
+
+
 async def _on_shutdown(app: web.Application) -> None:
     app[_STATE].ready = False
 
 
-def create_app(options: ServerOptions | MutateOptions | None = None) -> web.Application:
+def create_app(options: ServerOptions | MutateOptions | None = None,
+               registry: CollectorRegistry | None = None) -> web.Application:
     """The aiohttp application: ``POST /mutate``, ``GET /healthz``, ``GET /readyz``.
 
     Accepts :class:`ServerOptions` (body limit and mutation options; the signing key is derived
     from its key file, see :func:`signing_key`) or bare :class:`~webhook.mutate.MutateOptions`
-    (default body limit; its signing key is used as it is).
+    (default body limit; its signing key is used as it is). Requests are counted in ``registry``
+    (the process registry); without one, in a registry of the app's own (:func:`metrics`).
     """
     if isinstance(options, ServerOptions):
         mutation = dataclasses.replace(options.mutate, signing_key=signing_key(options))
@@ -139,7 +188,8 @@ def create_app(options: ServerOptions | MutateOptions | None = None) -> web.Appl
     else:
         mutation, max_body = options or MutateOptions(), ServerOptions.max_body_bytes
     app = web.Application(client_max_size=max_body)
-    app[_STATE] = _State(mutate=mutation)
+    own = registry if registry is not None else CollectorRegistry()
+    app[_STATE] = _State(metrics=WebhookMetrics(own), mutate=mutation)
     app.router.add_post("/mutate", _mutate)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -162,7 +212,18 @@ class CertReloader:
         self.context = context
         self.app = app
         self.reloads = 0
+        self._metrics = app[_STATE].metrics
         self._seen = self._stamp()
+        self._record_expiry()
+
+    def _record_expiry(self) -> None:
+        try:
+            cert = x509.load_pem_x509_certificate(self.options.tls_cert_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read the serving certificate's expiry: %s", exc)
+            self._metrics.certificate_expiry.set(0)
+            return
+        self._metrics.certificate_expiry.set(cert.not_valid_after_utc.timestamp())
 
     def _stamp(self) -> tuple[tuple[int, int], ...]:
         stamps = []
@@ -185,12 +246,15 @@ class CertReloader:
             key = signing_key(self.options)
         except (OSError, ssl.SSLError, ValueError) as exc:
             log.warning("serving certificate changed but does not load yet: %s", exc)
+            self._metrics.certificate_reloads.labels("error").inc()
             return False
         if self.options.signing_key_file is None:
             state = self.app[_STATE]
             state.mutate = dataclasses.replace(state.mutate, signing_key=key)
         self._seen = stamp
         self.reloads += 1
+        self._metrics.certificate_reloads.labels("success").inc()
+        self._record_expiry()
         log.info("serving certificate reloaded", extra={"cert": str(self.options.tls_cert_file)})
         return True
 
@@ -205,23 +269,32 @@ CERT_CHECK_SECONDS = 10.0
 _RELOADER = web.AppKey("cert_reloader", CertReloader)
 
 
-async def start(options: ServerOptions) -> tuple[web.AppRunner, int]:
+async def start(options: ServerOptions, registry: CollectorRegistry | None = None) -> tuple[web.AppRunner, int]:
     """Start serving over TLS; returns the runner (``await runner.cleanup()`` stops it) and the port.
 
     ``options.port`` 0 picks a free port; the one actually bound is returned. The serving
-    certificate is reloaded when its files change (:class:`CertReloader`).
+    certificate is reloaded when its files change (:class:`CertReloader`). Metrics go to
+    ``registry`` (see :func:`create_app`).
     """
     context = ssl_context(options.tls_cert_file, options.tls_key_file)
-    app = create_app(options)
+    app = create_app(options, registry)
     reloader = CertReloader(options, context, app)
     app[_RELOADER] = reloader
 
+    def reloader_done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        problem = f"certificate reloader stopped: {exc!r}" if exc else "certificate reloader stopped"
+        log.error(problem, exc_info=exc)
+        app[_STATE].problems.append(problem)
+
     async def reload_certs(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(reloader.run(CERT_CHECK_SECONDS), name="webhook:cert-reload")
+        task.add_done_callback(reloader_done)
         yield
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.gather(task, return_exceptions=True)  # a failure was logged by reloader_done already
 
     app.cleanup_ctx.append(reload_certs)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=options.shutdown_timeout)
@@ -250,11 +323,39 @@ def mutate_options(runner: web.AppRunner) -> MutateOptions:
     return runner.app[_STATE].mutate
 
 
-async def serve(options: ServerOptions) -> None:
-    """Serve until SIGTERM or SIGINT, then finish in-flight requests and return."""
-    runner, port = await start(options)
+def metrics(app: web.Application | web.AppRunner) -> WebhookMetrics:
+    """The metrics an app made by :func:`create_app` (or a runner made by :func:`start`) records into."""
+    return (app.app if isinstance(app, web.AppRunner) else app)[_STATE].metrics
+
+
+def ops_server(runner: web.AppRunner) -> OpsServer:
+    """Plain-HTTP ``/metrics``, ``/healthz``, ``/readyz`` for a runner made by :func:`start` (not started).
+
+    ``/metrics`` serves the registry the app records into; the probes report what the HTTPS ones do.
+    """
+    app = runner.app
+    return OpsServer(metrics(app).registry, lambda: _liveness(app), lambda: _readiness(app))
+
+
+async def serve(options: ServerOptions, registry: CollectorRegistry | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM or SIGINT (or ``stop`` is set), then finish in-flight requests and return.
+
+    ``registry`` is the process registry (default: a new one, with the process collectors).
+    """
+    runner, port = await start(options, registry if registry is not None else new_registry())
     log.info("serving https://%s:%d/mutate", options.bind_address, port, extra={"port": port})
-    stop = asyncio.Event()
+    ops: OpsServer | None = None
+    if options.metrics_addr is not None:
+        ops = ops_server(runner)
+        host, metrics_port = options.metrics_addr
+        try:
+            await ops.start(host, metrics_port)
+        except BaseException:
+            await runner.cleanup()
+            raise
+        log.info("serving http://%s:%d/metrics", host, ops.port, extra={"port": ops.port})
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -272,4 +373,6 @@ async def serve(options: ServerOptions) -> None:
         for signum in installed:
             loop.remove_signal_handler(signum)
         await runner.cleanup()
+        if ops is not None:
+            await ops.stop()
     log.info("stopped")
