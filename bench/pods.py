@@ -29,9 +29,13 @@ from typing import Any
 from e2e.cluster import LocalCluster, wait_for
 from e2e.kube_helpers import create_namespace, pod_manifest
 from e2e.kwok import NodeSpec
+from e2e.metrics import quantile
 from e2e.virtualnode import VirtualNodeProcess
 
 RESULTS = Path(__file__).parent / "results"
+API = "tensile_api_requests_total"
+SYNCS = "tensile_pod_syncs_total"
+RETRIES = "tensile_workqueue_retries_total"
 _METRIC = re.compile(r'^apiserver_request_total\{([^}]*)\} (\S+)$')
 
 
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         direct = timed_run(lower, lower, "direct", n, virtual=False, timeout=args.timeout)
         print(f"direct: {n} pods Running in the lower cluster in {direct:.1f}s")
 
-        with VirtualNodeProcess(upper, lower, "vk-bench", extra_args=["--pod-workers=16"]) as vn:
+        with VirtualNodeProcess(upper, lower, "vk-bench", extra_args=["--pod-sync-workers=16"]) as vn:
             create_namespace(upper, "bench")
             up0, low0 = request_total(upper), request_total(lower)
             m0 = vn.metrics()
@@ -118,13 +122,17 @@ def main(argv: list[str] | None = None) -> int:
                 "lower_apiserver_requests_per_pod": round(sum(low_d.values()) / n, 2),
                 "upper_requests_by_verb": {k: int(v) for k, v in sorted(up_d.items())},
                 "lower_requests_by_verb": {k: int(v) for k, v in sorted(low_d.items())},
-                "tensile_upper_requests_per_pod": round((m1["tensile_upper_requests"] - m0["tensile_upper_requests"])
-                                                        / n, 2),
-                "tensile_lower_requests_per_pod": round((m1["tensile_lower_requests"] - m0["tensile_lower_requests"])
-                                                        / n, 2),
+                "tensile_upper_requests_per_pod": round(
+                    (m1.total(API, cluster="upper") - m0.total(API, cluster="upper")) / n, 2),
+                "tensile_lower_requests_per_pod": round(
+                    (m1.total(API, cluster="lower") - m0.total(API, cluster="lower")) / n, 2),
                 "tensile_status_updates_per_pod": round(
-                    (m1["tensile_pods_status_updates"] - m0["tensile_pods_status_updates"]) / n, 2),
-                "tensile_retries": int(m1["tensile_pods_retries"] - m0["tensile_pods_retries"]),
+                    (m1.total(SYNCS, operation="status") - m0.total(SYNCS, operation="status")) / n, 2),
+                "tensile_retries": int(m1.total(RETRIES, queue="pods") - m0.total(RETRIES, queue="pods")),
+                "create_latency_p50_seconds": quantile(m0, m1, "tensile_pod_create_latency_seconds", 0.5),
+                "create_latency_p99_seconds": quantile(m0, m1, "tensile_pod_create_latency_seconds", 0.99),
+                "running_latency_p50_seconds": quantile(m0, m1, "tensile_pod_running_latency_seconds", 0.5),
+                "running_latency_p99_seconds": quantile(m0, m1, "tensile_pod_running_latency_seconds", 0.99),
                 "tensile_peak_rss_mib": peak_rss_mib(vn.proc.pid) if vn.proc and vn.proc.pid else None,
             }
     RESULTS.mkdir(exist_ok=True)

@@ -69,9 +69,11 @@ def make_cluster() -> Iterator[Callable[..., LocalCluster]]:
 def make_virtual_node() -> Iterator[Callable[..., VirtualNodeProcess]]:
     started: list[VirtualNodeProcess] = []
 
-    def make(upper: LocalCluster, lower: LocalCluster, name: str = "vk-lower", **kw: Any) -> VirtualNodeProcess:
+    def make(upper: LocalCluster, lower: LocalCluster, name: str = "vk-lower", leading: bool = True,
+             **kw: Any) -> VirtualNodeProcess:
+        """``leading=False``: only wait until ready, for a replica that may follow another."""
         vn = VirtualNodeProcess(upper, lower, name, **kw)
-        vn.start()
+        vn.start(leading=leading)
         started.append(vn)
         _LIVE_VNODES.append(vn)
         return vn

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 from e2e.cluster import LocalCluster
+from e2e.metrics import Samples, scrape
 from e2e.process import Process, Supervised, free_port
 
 
@@ -45,31 +47,39 @@ class VirtualNodeProcess(Supervised):
             *([] if self.upper_env else [f"--kubeconfig={self.upper_kubeconfig}"]),
             f"--client-kubeconfig={self.lower.kubeconfig}",
             "--node-ip=127.0.0.1",
-            f"--metrics-port={self.metrics_port}",
+            f"--metrics-addr=127.0.0.1:{self.metrics_port}",
             f"--kubelet-port={free_port()}",
             *self.extra_args,
         ]
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, leading: bool = True) -> None:
+        """Start; wait until ready and, with ``leading``, until this replica writes (holds the Lease)."""
         self.metrics_port = free_port()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("KUBECONFIG", None)
         env.update(self.upper_env or {})
         self.proc = Process(f"virtual-node-{self.name}", self.argv(), self.log_path, env=env)
         self.proc.start()
-        self.proc.wait_ready(self._ready, timeout)
+        self.proc.wait_ready(self.leading if leading else self._ready, timeout)
+
+    def readyz(self) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode()
 
     def _ready(self) -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2) as r:
-            return bool(r.status == 200)
+        return self.readyz()[0] == 200
 
-    def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            out: dict[str, float] = {}
-            for line in r.read().decode().splitlines():
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-            return out
+    def leading(self) -> bool:
+        """Ready, and the replica that writes: it leads, or runs without leader election."""
+        status, body = self.readyz()
+        return status == 200 and ("leading" in body or "leader election off" in body) and (
+            self.metrics().total("tensile_leader_is_leader") == 1)
+
+    def metrics(self) -> Samples:
+        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def kill(self) -> None:
         if self.proc:

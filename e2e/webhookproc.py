@@ -4,6 +4,10 @@ Certificates come from ``tensile webhook certs`` and the registration from
 ``tensile webhook install``, so the e2e tests exercise the real commands.
 The configuration is removed before the server stops: with failurePolicy
 Fail, opted-in pod creates would otherwise fail during teardown.
+
+The server also serves ``/metrics`` and the probes over plain HTTP on a free
+port (``--metrics-addr``), which ``metrics()`` scrapes; it logs at ``-v 4``,
+one line per admission decision, so a failing test's log says what was decided.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from kubernetes import client as k8s
 
 from e2e.cluster import LocalCluster, wait_for
+from e2e.metrics import Samples, scrape
 from e2e.process import Process, Supervised, free_port
 from tensile import conventions as c
 
@@ -37,6 +42,7 @@ class WebhookProcess(Supervised):
         self.extra_args = extra_args or []
         self.dir: Path = cluster.dir / "webhook"
         self.port = 0
+        self.metrics_port = 0
         self.proc: Process | None = None
         self.label = f"webhook ({cluster.dir / 'webhook.log'})"
 
@@ -47,15 +53,20 @@ class WebhookProcess(Supervised):
     def start(self, timeout: float = 60.0) -> None:
         tensile("webhook", "certs", str(self.dir), "--host", "127.0.0.1", "--dns", "tensile-webhook.tensile.svc")
         self.port = free_port()
+        self.metrics_port = free_port()
         self.proc = Process("tensile-webhook", [
             sys.executable, "-m", "tensile.cli", "webhook", f"--port={self.port}", "--bind-address=127.0.0.1",
-            f"--tls-cert-file={self.dir / 'tls.crt'}", f"--tls-key-file={self.dir / 'tls.key'}", *self.extra_args,
+            f"--tls-cert-file={self.dir / 'tls.crt'}", f"--tls-key-file={self.dir / 'tls.key'}",
+            f"--metrics-addr=127.0.0.1:{self.metrics_port}", "--v=4", "--log-format=text", *self.extra_args,
         ], self.cluster.dir / "webhook.log")
         self.proc.start()
         ctx = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
 
         def healthy() -> bool:
             with urllib.request.urlopen(f"https://127.0.0.1:{self.port}/healthz", context=ctx, timeout=2) as r:
+                if r.status != 200:
+                    return False
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2) as r:
                 return bool(r.status == 200)
 
         self.proc.wait_ready(healthy, timeout)
@@ -75,6 +86,10 @@ class WebhookProcess(Supervised):
             return bool(c.CLUSTER_SELECTOR_ANNOTATION in (pod.metadata.annotations or {}))
 
         wait_for(active, timeout, interval=0.5, what="webhook configuration active in the apiserver")
+
+    def metrics(self) -> Samples:
+        """One scrape of the webhook's ``/metrics``."""
+        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def stop(self) -> None:
         api = k8s.AdmissionregistrationV1Api(self.cluster.api())

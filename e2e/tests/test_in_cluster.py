@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client as k8s
 from kubernetes import utils
 
 from e2e.cluster import LocalCluster, wait_for
@@ -73,6 +74,7 @@ def test_service_account_credentials_and_least_privilege_rbac_suffice(
     sa_dir.mkdir()
     (sa_dir / "token").write_text(token)
     (sa_dir / "ca.crt").write_bytes(upper.ca_file.read_bytes())
+    (sa_dir / "namespace").write_text(SA_NS)  # where --leader-elect puts its Lease, as in a pod
     # Exactly what a pod sees: KUBERNETES_SERVICE_HOST/PORT and a token, no kubeconfig.
     make_virtual_node(upper, lower, "vk-incluster", upper_env={
         "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(upper.apiserver_port),
@@ -111,7 +113,7 @@ def test_rotated_kubeconfig_token_is_reloaded_after_401(
     assert token_rejected(upper, old_token)
     upper.core.create_namespaced_pod(ns, pod_manifest("after"))
     wait_pod_running(upper, ns, "after", timeout=90)
-    assert vn.metrics()["tensile_upper_reauths"] >= 1
+    assert vn.metrics().total("tensile_api_reauthentications_total", cluster="upper") >= 1
 
 
 def test_per_node_rbac_narrows_node_and_lease_rights_and_suffices(
@@ -130,6 +132,7 @@ def test_per_node_rbac_narrows_node_and_lease_rights_and_suffices(
     sa_dir.mkdir()
     (sa_dir / "token").write_text(token)
     (sa_dir / "ca.crt").write_bytes(upper.ca_file.read_bytes())
+    (sa_dir / "namespace").write_text(SA_NS)  # where --leader-elect puts its Lease, as in a pod
     vn = make_virtual_node(upper, lower, vk, upper_env={
         "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(upper.apiserver_port),
         "TENSILE_SERVICEACCOUNT_DIR": str(sa_dir)})
@@ -149,6 +152,9 @@ def test_per_node_rbac_narrows_node_and_lease_rights_and_suffices(
     assert not can("patch", "nodes/upper-0")  # another node
     assert not can("patch", "leases/kube-scheduler", "-n", "kube-system")  # leader-election Leases
     assert not can("patch", "leases/upper-0", "-n", c.NODE_LEASE_NAMESPACE)  # another node's heartbeat
+    assert can("update", f"leases/{vk}", "-n", SA_NS)  # its leader-election Lease
+    assert not can("update", "leases/other-node", "-n", SA_NS)
+    assert k8s.CoordinationV1Api(upper.api()).read_namespaced_lease(vk, SA_NS).spec.holder_identity
     assert not any("forbidden" in line.lower() for line in vn.log_tail(100000).splitlines())
 
 

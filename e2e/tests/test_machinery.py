@@ -93,7 +93,7 @@ def test_a_credential_plugin_that_fails_once_is_survived(
     # The Lease keeps renewing, and the process says it is healthy.
     wait_for(lambda: lease_renewed(upper, vk) > since, 60, what="Lease renewed after the plugin failed")
     assert healthz(vn) == 200
-    assert vn.metrics()["tensile_upper_reauths"] >= 1
+    assert vn.metrics().total("tensile_api_reauthentications_total", cluster="upper") >= 1
 
 
 class BreakableProxy:
@@ -166,7 +166,7 @@ def test_broken_connections_resume_watches_without_relisting(
 
         def upper_counters(kind: str) -> dict[str, float]:
             return {k: v for k, v in vn.metrics().items()
-                    if k.startswith(f"tensile_informer_{kind}{{informer=\"upper-")}
+                    if k.startswith(f"tensile_informer_{kind}_total{{informer=\"upper-")}
 
         lists_before, watches_before = upper_counters("lists"), upper_counters("watches")
         assert proxy.cut() > 0  # every upper connection: watches, requests, the heartbeat's
@@ -210,7 +210,7 @@ def _held_pod_storm(make_cluster: Callable[..., LocalCluster], make_virtual_node
     assert len(renewals) >= 4 and max(gaps) < 20  # renewed every ~10 s; the Lease lasts 40 s
     held = [e for e in upper.core.list_namespaced_event(ns).items if e.reason == "MandatorySecretNotFound"]
     assert 0 < len(held) <= count and all((e.count or 1) == 1 for e in held)  # one per pod, not per recheck
-    assert vn.metrics()["tensile_heartbeat_requests"] >= len(renewals)
+    assert vn.metrics().total("tensile_api_requests_total", cluster="upper-heartbeat", verb="PATCH") >= len(renewals)
 
 
 def test_held_pods_do_not_delay_the_lease_and_write_one_event_each(

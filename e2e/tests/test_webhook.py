@@ -85,6 +85,7 @@ def test_pod_in_kube_system_is_untouched(federation: Fed, webhook: WebhookProces
 
 def test_reinvocation_and_repeat_admission_do_not_mutate_twice(federation: Fed, webhook: WebhookProcess) -> None:
     upper, _, _ = federation
+    before = webhook.metrics()
     body = plain_pod(unique("twice"), labels=OPT_IN, nodeSelector={"disktype": "ssd"})
     first = upper.core.create_namespaced_pod("default", body, dry_run="All")
     again = upper.core.create_namespaced_pod("default", first.to_dict() | {"metadata": {
@@ -94,6 +95,15 @@ def test_reinvocation_and_repeat_admission_do_not_mutate_twice(federation: Fed, 
         first.metadata.annotations[c.CLUSTER_SELECTOR_ANNOTATION]
     assert json.loads(first.metadata.annotations[c.CLUSTER_SELECTOR_ANNOTATION])["nodeSelector"] == {
         "disktype": "ssd"}
+
+    # Both admissions went through the webhook and were counted and timed; the apiserver may call it
+    # again (reinvocation), never less.
+    after = webhook.metrics()
+    requests, count = "tensile_admission_requests_total", "tensile_admission_duration_seconds_count"
+    assert after.total(requests, operation="CREATE") - before.total(requests, operation="CREATE") >= 2
+    assert after.total(requests, result="mutated") - before.total(requests, result="mutated") >= 1
+    assert after.total(requests, result="error") == before.total(requests, result="error") == 0
+    assert after.total(count) == after.total(requests)  # one latency observation per counted request
 
 
 def test_cluster_id_selector_pins_pod_to_the_matching_virtual_node(
