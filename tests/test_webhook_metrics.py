@@ -235,20 +235,31 @@ async def test_serve_reports_not_ready_on_both_ports_while_draining(certs: CertP
             await asyncio.gather(serving, return_exceptions=True)
 
 
-async def test_a_dead_certificate_reloader_fails_healthz(certs: CertPaths, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def broken(self: server.CertReloader, interval: float) -> None:
-        raise RuntimeError("boom")
+async def test_a_failing_certificate_reloader_is_restarted_and_a_wedged_one_fails_healthz(
+        certs: CertPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[int] = []
 
-    monkeypatch.setattr(server.CertReloader, "run", broken)
+    async def broken_then_wedged(self: server.CertReloader, interval: float) -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("boom")  # the supervisor starts it again
+        await asyncio.sleep(3600)  # then it never comes round
+
+    monkeypatch.setattr(server.CertReloader, "run", broken_then_wedged)
+    monkeypatch.setattr(server, "RELOADER_STALL_AFTER", 1.5)
+    monkeypatch.setattr("tensile.kube.supervisor.RESTART_INITIAL", 0.01)
     options = ServerOptions(tls_cert_file=certs.tls_cert, tls_key_file=certs.tls_key, port=0, bind_address="127.0.0.1")
     runner, port = await asyncio.wait_for(start(options), 10)
     ops = ops_server(runner)
     await ops.start("127.0.0.1", 0)
     try:
-        await asyncio.sleep(0.05)  # the reloader task fails at once
         async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+            await asyncio.sleep(0.3)
+            assert len(runs) == 2  # failed once, started again
+            assert (await _get(http, f"http://127.0.0.1:{ops.port}/healthz"))[0] == 200
+            await asyncio.sleep(1.5)
             status, text = await _get(http, f"http://127.0.0.1:{ops.port}/healthz")
-        assert status == 500 and "certificate reloader stopped" in text
+        assert status == 500 and "certificate reloader made no progress" in text
         context = ssl.create_default_context(cafile=str(certs.ca_cert))
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context), timeout=TIMEOUT) as https:
             assert (await _get(https, f"https://127.0.0.1:{port}/healthz"))[0] == 500

@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry
 
 from tensile.kube.metrics import new_registry
 from tensile.kube.serving import OpsServer, Readiness
+from tensile.kube.supervisor import Supervisor
 from tensile.logs import V
 from webhook.metrics import WebhookMetrics, result_label
 from webhook.mutate import MutateOptions
@@ -59,8 +60,8 @@ class _State:
     ready: bool = True
     #: Set by ``create_app``; replaced when a rotated serving key changes the signing key.
     mutate: MutateOptions = dataclasses.field(default_factory=MutateOptions)
-    #: Why the process should be restarted (``/healthz`` 500); empty when all is well.
-    problems: list[str] = dataclasses.field(default_factory=list)
+    #: The background loops (certificate reloading): restarted when they fail, reported when wedged.
+    supervisor: Supervisor = dataclasses.field(default_factory=lambda: Supervisor("webhook"))
 
 
 _STATE = web.AppKey("state", _State)
@@ -159,8 +160,8 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 def _liveness(app: web.Application) -> list[str]:
-    """Why the process should be restarted: a background loop that died."""
-    return list(app[_STATE].problems)
+    """Why the process should be restarted: a background loop that died or is wedged."""
+    return app[_STATE].supervisor.problems()
 
 
 def _readiness(app: web.Application) -> Readiness:
@@ -212,6 +213,8 @@ class CertReloader:
         self.context = context
         self.app = app
         self.reloads = 0
+        #: When the files were last looked at (monotonic): a loop that stops coming round is wedged.
+        self.last_check = time.monotonic()
         self._metrics = app[_STATE].metrics
         self._seen = self._stamp()
         self._record_expiry()
@@ -262,10 +265,13 @@ class CertReloader:
         while True:
             await asyncio.sleep(interval)
             self.check()
+            self.last_check = time.monotonic()
 
 
 #: How often the serving certificate files are checked for rotation.
 CERT_CHECK_SECONDS = 10.0
+#: A reloader that has not come round for this long is wedged: ``/healthz`` fails, the pod restarts.
+RELOADER_STALL_AFTER = 60.0
 _RELOADER = web.AppKey("cert_reloader", CertReloader)
 
 
@@ -281,20 +287,12 @@ async def start(options: ServerOptions, registry: CollectorRegistry | None = Non
     reloader = CertReloader(options, context, app)
     app[_RELOADER] = reloader
 
-    def reloader_done(task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        problem = f"certificate reloader stopped: {exc!r}" if exc else "certificate reloader stopped"
-        log.error(problem, exc_info=exc)
-        app[_STATE].problems.append(problem)
-
     async def reload_certs(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(reloader.run(CERT_CHECK_SECONDS), name="webhook:cert-reload")
-        task.add_done_callback(reloader_done)
+        supervisor = app[_STATE].supervisor
+        supervisor.spawn("certificate reloader", lambda: reloader.run(CERT_CHECK_SECONDS),
+                         progress=lambda: reloader.last_check, stall_after=RELOADER_STALL_AFTER)
         yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)  # a failure was logged by reloader_done already
+        await supervisor.stop()
 
     app.cleanup_ctx.append(reload_certs)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=options.shutdown_timeout)
