@@ -56,17 +56,18 @@ def verbs(samples: Samples, cluster: str) -> set[str]:
             if name == "tensile_api_requests_total" and labels["cluster"] == cluster and value > 0}
 
 
-def create_pods(upper: LocalCluster, ns: str, count: int, prefix: str = "p") -> concurrent.futures.Future[None]:
+class PodCreator:
     """Create ``count`` pods bound to the virtual node from 8 threads, in the background."""
-    pool = concurrent.futures.ThreadPoolExecutor(8)
 
-    def all_of_them() -> None:
-        list(pool.map(lambda i: upper.core.create_namespaced_pod(ns, pod_manifest(f"{prefix}{i}", node_name=VK)),
-                      range(count)))
+    def __init__(self, upper: LocalCluster, ns: str, count: int, prefix: str = "p") -> None:
+        pool = concurrent.futures.ThreadPoolExecutor(8)
+        self.futures = [pool.submit(upper.core.create_namespaced_pod, ns, pod_manifest(f"{prefix}{i}", node_name=VK))
+                        for i in range(count)]
+        pool.shutdown(wait=False)  # the threads end with the last create
 
-    future = concurrent.futures.ThreadPoolExecutor(1).submit(all_of_them)
-    future.add_done_callback(lambda _: pool.shutdown(wait=False))
-    return future
+    def wait(self, timeout: float) -> None:
+        for future in concurrent.futures.as_completed(self.futures, timeout=timeout):
+            future.result()
 
 
 def test_metrics_after_a_50_pod_sync_match_what_happened_and_logs_never_show_secret_data(
@@ -153,7 +154,7 @@ def test_two_replicas_only_the_leader_writes_and_after_kill_9_the_follower_finis
     ns = unique("takeover")
     create_namespace(upper, ns)
     count = 200
-    creating = create_pods(upper, ns, count)
+    creating = PodCreator(upper, ns, count)
     wait_for(lambda: len(owned_lower_pods(lower, ns)) >= 20, 90, interval=0.05, what="the leader copying pods")
 
     follower = b.metrics()
@@ -172,9 +173,11 @@ def test_two_replicas_only_the_leader_writes_and_after_kill_9_the_follower_finis
     print(f"takeover: {gap:.2f}s after the last renewal (lease {LEASE:g}s, retry {RETRY:g}s); "
           f"{mid} of {count} copies made before the kill")
     assert record.holder_identity != identity_a and record.lease_transitions >= 2
-    # client-go's rule: not before the lease duration has passed on the follower's clock, and soon after.
-    assert LEASE - 0.5 <= gap <= LEASE + 3 * RETRY
-    creating.result(timeout=120)
+    # client-go's rule: not before the lease duration has passed on the follower's clock, and soon after:
+    # up to one jittered poll (1.2 x retry) to see the last renewal, one to see it expire, and the
+    # requests themselves on a loaded 2-core machine (seen: 9.5-10.0 s).
+    assert LEASE - 0.5 <= gap <= LEASE + 4 * RETRY
+    creating.wait(timeout=120)
     wait_for(lambda: one_copy_per_pod(upper, lower, ns, count), 180, what="one lower copy per upper pod")
     assert mid < count, "the kill landed after the sync finished; the test proves nothing"
     time.sleep(3)  # and it stays so: no duplicate trickles in
@@ -196,14 +199,14 @@ def test_a_leader_paused_past_its_renew_deadline_writes_nothing_once_it_wakes_an
     ns = unique("paused")
     create_namespace(upper, ns)
     count = 100
-    creating = create_pods(upper, ns, count)
+    creating = PodCreator(upper, ns, count)
     wait_for(lambda: len(owned_lower_pods(lower, ns)) >= 10, 90, interval=0.05, what="the leader copying pods")
     assert a.proc is not None and a.proc.pid is not None
     os.kill(a.proc.pid, signal.SIGSTOP)
     stopped = datetime.datetime.now(datetime.UTC)
     try:
         wait_for(b.leading, 60, interval=0.2, what="the follower taking over from the paused leader")
-        creating.result(timeout=120)
+        creating.wait(timeout=120)
         time.sleep(1)
     finally:
         resumed = datetime.datetime.now(datetime.UTC)
