@@ -148,7 +148,7 @@ class NodeController:
     def _on_upper_node(self, old: JSON | None, new: JSON | None) -> None:
         if new is None and old is not None:
             log.warning("virtual node was deleted from the upper cluster; registering it again",
-                        extra={"node": self.name})
+                        extra={"node": self.name, "cluster": self.ctx.config.cluster_id})
             self._pushed = None
             self._dirty.set()
 
@@ -297,7 +297,8 @@ class NodeController:
             try:
                 await fn()
             except ApiError as exc:
-                log.warning("%s failed: %s", what, exc, extra={"node": self.name})
+                log.warning("%s failed: %s", what, exc,
+                            extra={"node": self.name, "cluster": self.ctx.config.cluster_id})
             self.beats[what] = time.monotonic()
             await asyncio.sleep(interval)
 
@@ -326,7 +327,8 @@ class NodeController:
                 if force:
                     last_forced = time.monotonic()
             except ApiError as exc:
-                log.warning("node status update failed: %s", exc, extra={"node": self.name})
+                log.warning("node status update failed: %s", exc,
+                            extra={"node": self.name, "cluster": self.ctx.config.cluster_id})
                 self._pushed = None
                 await asyncio.sleep(1.0)
                 self._dirty.set()
