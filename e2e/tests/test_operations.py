@@ -226,3 +226,44 @@ def test_a_leader_paused_past_its_renew_deadline_writes_nothing_once_it_wakes_an
     assert late == []
     log = a.log_path.read_text()
     assert "lost the lease" in log and "stepped down" in log
+
+
+@pytest.mark.long
+def test_long_repeated_kill_9_takeovers_never_leave_a_pod_with_zero_or_two_copies(
+    make_cluster: Callable[..., LocalCluster], tmp_path: Path,
+) -> None:
+    """10 rounds: two replicas; kill -9 whichever leads while 50 pods are created; restart it as a follower."""
+    upper = make_cluster("upper", list(UPPER_NODES))
+    lower = make_cluster("lower", list(LOWER_NODES))
+    replicas = [VirtualNodeProcess(upper, lower, VK, extra_args=ELECTION, log_dir=tmp_path / f"r{i}") for i in (0, 1)]
+    try:
+        replicas[0].start()
+        replicas[1].start(leading=False)
+        ns = unique("rounds")
+        create_namespace(upper, ns)
+        gaps: list[float] = []
+        for round_ in range(10):
+            leader = next(r for r in replicas if r.leading())
+            follower = next(r for r in replicas if r is not leader)
+            creating = PodCreator(upper, ns, 50, prefix=f"r{round_}-")
+            copied_before = 50 * round_
+
+            def copying(before: int = copied_before) -> bool:
+                return len(owned_lower_pods(lower, ns)) >= before + 5
+
+            wait_for(copying, 90, interval=0.05, what="the leader copying this round's pods")
+            leader.kill()
+            last_renewal = lease(upper).spec.renew_time
+            wait_for(follower.leading, 60, interval=0.2, what="the follower taking over")
+            gaps.append((lease(upper).spec.acquire_time - last_renewal).total_seconds())
+            creating.wait(timeout=120)
+            def converged(total: int = copied_before + 50) -> bool:
+                return one_copy_per_pod(upper, lower, ns, total)
+
+            wait_for(converged, 180, what=f"round {round_}: one lower copy per upper pod")
+            leader.start(leading=False)  # back as a follower, caches synced
+        print(f"takeovers after kill -9: {[round(g, 2) for g in gaps]}")
+        assert all(LEASE - 0.5 <= g <= LEASE + 4 * RETRY for g in gaps)
+    finally:
+        for r in replicas:
+            r.stop()
