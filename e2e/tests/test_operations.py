@@ -20,6 +20,7 @@ from e2e.audit import audit_args, writes
 from e2e.cluster import LocalCluster, wait_for
 from e2e.fixtures import LOWER_NODES, UPPER_NODES
 from e2e.kube_helpers import create_namespace, pod_manifest, unique
+from e2e.kwok import NodeSpec
 from e2e.metrics import Samples
 from e2e.virtualnode import VirtualNodeProcess
 from tensile import conventions as c
@@ -234,7 +235,7 @@ def test_long_repeated_kill_9_takeovers_never_leave_a_pod_with_zero_or_two_copie
 ) -> None:
     """10 rounds: two replicas; kill -9 whichever leads while 50 pods are created; restart it as a follower."""
     upper = make_cluster("upper", list(UPPER_NODES))
-    lower = make_cluster("lower", list(LOWER_NODES))
+    lower = make_cluster("lower", [NodeSpec("lower-big", cpu="64", memory="256Gi", pods="1000")])  # 500 pods in all
     replicas = [VirtualNodeProcess(upper, lower, VK, extra_args=ELECTION, log_dir=tmp_path / f"r{i}") for i in (0, 1)]
     try:
         replicas[0].start()
