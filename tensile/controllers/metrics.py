@@ -42,6 +42,17 @@ def result_of(exc: ApiError) -> str:
     return "error"
 
 
+@contextlib.contextmanager
+def _counted(counter: Counter, *labels: str) -> Iterator[None]:
+    """Count the write in the block under ``labels`` and its result (``success`` or ``result_of``)."""
+    try:
+        yield
+    except ApiError as exc:
+        counter.labels(*labels, result_of(exc)).inc()
+        raise
+    counter.labels(*labels, "success").inc()
+
+
 class VirtualNodeMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -63,23 +74,11 @@ class VirtualNodeMetrics:
         self._bound: TTLCache[str, float] = TTLCache(PENDING_MAX, PENDING_TTL)
         self._running: TTLCache[str, float] = TTLCache(PENDING_MAX, PENDING_TTL)
 
-    @contextlib.contextmanager
-    def pod_write(self, operation: str) -> Iterator[None]:
-        try:
-            yield
-        except ApiError as exc:
-            self.pod_writes.labels(operation, result_of(exc)).inc()
-            raise
-        self.pod_writes.labels(operation, "success").inc()
+    def pod_write(self, operation: str) -> contextlib.AbstractContextManager[None]:
+        return _counted(self.pod_writes, operation)
 
-    @contextlib.contextmanager
-    def dependency_write(self, kind: str, operation: str) -> Iterator[None]:
-        try:
-            yield
-        except ApiError as exc:
-            self.dependency_writes.labels(kind, operation, result_of(exc)).inc()
-            raise
-        self.dependency_writes.labels(kind, operation, "success").inc()
+    def dependency_write(self, kind: str, operation: str) -> contextlib.AbstractContextManager[None]:
+        return _counted(self.dependency_writes, kind, operation)
 
     # --- latency clocks, keyed by pod key ---------------------------------------------------
 

@@ -177,26 +177,22 @@ class LeaderElector:
         body = {"apiVersion": GROUP_VERSION, "kind": "Lease",
                 "metadata": {**meta, "resourceVersion": self.observed_rv},
                 "spec": {**spec, **self._desired(spec, renewing)}}
-        try:
-            written = await self.kube.replace(self.lease_path, body)
-        except ApiError as exc:
-            if not exc.conflict:
-                log.warning("leader election: writing the lease failed: %s", exc,
-                            extra={"lease": self.config.lease_key})
-            return False
-        self._written(written, sent)
-        return True
+        return await self._write("writing", self.kube.replace(self.lease_path, body), sent)
 
     async def _create(self, sent: float) -> bool:
         body = {"apiVersion": GROUP_VERSION, "kind": "Lease",
                 "metadata": {"name": self.config.name, "namespace": self.config.namespace},
                 "spec": self._desired({}, renewing=False)}
+        leases = path("leases", self.config.namespace, group_version=GROUP_VERSION)
+        return await self._write("creating", self.kube.create(leases, body), sent)
+
+    async def _write(self, what: str, request: Awaitable[JSON], sent: float) -> bool:
+        """True when the Lease is ours now; a conflict (another candidate won) is no failure."""
         try:
-            written = await self.kube.create(
-                path("leases", self.config.namespace, group_version=GROUP_VERSION), body)
+            written = await request
         except ApiError as exc:
             if not exc.conflict:
-                log.warning("leader election: creating the lease failed: %s", exc,
+                log.warning("leader election: %s the lease failed: %s", what, exc,
                             extra={"lease": self.config.lease_key})
             return False
         self._written(written, sent)
