@@ -9,8 +9,11 @@ events or exceptions (an exception is raised where it stands).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
+
+from aiohttp import web
 
 from tensile.kube.errors import ApiError
 
@@ -104,3 +107,17 @@ def pod(name: str, ns: str = "ns", rv: str = "1", **fields: Any) -> JSON:
     meta = {"name": name, "namespace": ns, "resourceVersion": rv, "uid": f"uid-{name}"}
     meta.update(fields.pop("metadata", {}))
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, **fields}
+
+
+@contextlib.asynccontextmanager
+async def http_server(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on a free port of 127.0.0.1 (a stand-in apiserver); yields its URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

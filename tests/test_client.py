@@ -12,6 +12,7 @@ from kubernetes_asyncio.client import Configuration
 
 from tensile.kube.client import Kube, TokenBucket
 from tensile.kube.errors import ApiError
+from tests.fakes import http_server
 
 TOKENS = web.AppKey("tokens", list)
 
@@ -36,13 +37,8 @@ async def server() -> AsyncIterator[tuple[str, web.Application]]:
     app.router.add_get("/api/v1/pods", pods)
     app.router.add_get("/html", html)
     app.router.add_get("/array", array)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", app
-    await runner.cleanup()
+    async with http_server(app) as url:
+        yield url, app
 
 
 def config(host: str, token: str) -> Configuration:

@@ -18,7 +18,7 @@ from tensile.kube.client import Kube
 from tensile.kube.errors import ApiError
 from tensile.kube.leader import LeaderElectionConfig
 from tensile.kube.metrics import ApiMetrics, convention_problems
-from tests.fakes import FakeKube, pod, seed
+from tests.fakes import FakeKube, http_server, pod, seed
 
 
 def _virtual_node(leader: bool = True) -> VirtualNode:
@@ -103,13 +103,8 @@ async def apiserver() -> AsyncIterator[tuple[str, list[str]]]:
     app[RECEIVED] = []
     app.router.add_route("*", "/api/v1/ok", ok)
     app.router.add_get("/api/v1/missing", missing)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", app[RECEIVED]
-    await runner.cleanup()
+    async with http_server(app) as url:
+        yield url, app[RECEIVED]
 
 
 def _kube(host: str) -> Kube:
