@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("virtual-node", "tensile.controllers.cli"),
     ("webhook", "webhook.cli"),
+    ("scheduler", "scheduler.cli"),
     ("rbac", "tensile.controllers.rbac_cli"),
 )
 

@@ -91,3 +91,12 @@ BETA_OS_LABEL: Final = "beta.kubernetes.io/os"
 BETA_ARCH_LABEL: Final = "beta.kubernetes.io/arch"
 #: On mirror PersistentVolumes upstairs: the name of the lower volume they stand for.
 LOWER_VOLUME_ANNOTATION: Final = PREFIX + "lower-volume"
+#: The capacity profile a virtual node publishes upstairs for the scheduler extender: a
+#: cluster-scoped ``ClusterProfile`` named after the virtual node (see ``tensile.clusterprofile``).
+PROFILE_GROUP: Final = "tensile.io"
+PROFILE_VERSION: Final = "v1alpha1"
+PROFILE_KIND: Final = "ClusterProfile"
+PROFILE_PLURAL: Final = "clusterprofiles"
+PROFILE_SHORT_NAME: Final = "cprof"
+#: Component name of the scheduler extender (User-Agent, logs).
+SCHEDULER_COMPONENT: Final = "tensile-scheduler"

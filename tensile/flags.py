@@ -14,6 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tensile import quantity
+from tensile.quantity import ResourceList
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -53,6 +56,23 @@ def parse_bind_address(value: str) -> tuple[str, int] | None:
     if not 0 < number < 65536:
         raise argparse.ArgumentTypeError(f"invalid port in {value!r}: must be 1-65535")
     return host, number
+
+
+def resource_list(value: str) -> ResourceList:
+    """``cpu=8,memory=32Gi,nvidia.com/gpu=4``: resource quantities, each checked."""
+    resources: ResourceList = {}
+    for item in value.split(","):
+        name, sep, amount = item.strip().partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"expected RESOURCE=QUANTITY[,RESOURCE=QUANTITY...], got {value!r}")
+        try:
+            parsed = quantity.parse(amount.strip())
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{name}: {exc}") from exc
+        if parsed < 0:
+            raise argparse.ArgumentTypeError(f"{name}: a capacity cannot be negative ({amount})")
+        resources[name.strip()] = parsed
+    return resources
 
 
 def positive_int(value: str) -> int:

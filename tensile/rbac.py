@@ -52,6 +52,9 @@ def virtual_node_rbac(node: str, namespace: str = "tensile-system",
         _rule(["namespaces"], ["get"], [c.KUBE_SYSTEM]),
         # Mirror volumes for upper claims: pvc-<claim uid>, so create cannot be narrowed.
         _rule(["persistentvolumes"], ["get", "create", "delete"]),
+        # Its capacity profile for the scheduler extender (the CRD is installed by an admin).
+        _rule([c.PROFILE_PLURAL], ["create"], group=c.PROFILE_GROUP),
+        _rule([c.PROFILE_PLURAL], ["get", "patch"], [node], group=c.PROFILE_GROUP),
     ]
     lease_rules = [
         _rule(["leases"], ["create"], group="coordination.k8s.io"),

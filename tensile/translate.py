@@ -38,6 +38,12 @@ _DROPPED_SPEC_FIELDS = ("nodeName", "priority", "preemptionPolicy", "ephemeralCo
 VIRTUAL_NODE_KEYS = frozenset({c.VIRTUAL_NODE_TYPE_LABEL, c.ROLE_LABEL, c.HOSTNAME_LABEL, c.CLUSTER_ID_LABEL})
 
 
+def is_virtual_node(node: JSON) -> bool:
+    """A Node carrying ``type=virtual-kubelet`` (tensile's, Tensile Kube's or another virtual kubelet's)."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return isinstance(labels, dict) and labels.get(c.VIRTUAL_NODE_TYPE_LABEL) == c.VIRTUAL_NODE_TYPE_VALUE
+
+
 def virtual_node_keys(node_labels: dict[str, str]) -> frozenset[str]:
     """The keys only this virtual node satisfies: the fixed ones and every ``--node-label``."""
     return VIRTUAL_NODE_KEYS | frozenset(node_labels)
@@ -144,6 +150,24 @@ def unsupported_reason(upper: JSON) -> str | None:
     return None
 
 
+def _honoured_cluster_selector(meta: JSON) -> tuple[str | None, bool]:
+    """(the clusterSelector annotation to restore, or None; whether the pod opted in)."""
+    opted_in = (meta.get("labels") or {}).get(c.VIRTUAL_POD_LABEL) == c.VIRTUAL_POD_VALUE
+    annotation = (meta.get("annotations") or {}).get(c.CLUSTER_SELECTOR_ANNOTATION) if opted_in else None
+    return annotation, opted_in
+
+
+def scheduling_spec(upper: JSON, upper_only_keys: frozenset[str] = VIRTUAL_NODE_KEYS) -> JSON:
+    """The spec the lower scheduler will see, as far as placement goes: :func:`lower_pod`'s restore.
+
+    The scheduler extender asks "does this pod fit a lower node" of exactly the constraints the
+    virtual node will put on the copy. Shares the pod spec (nothing is deep-copied); raises
+    ``ValueError`` on a malformed clusterSelector.
+    """
+    annotation, _ = _honoured_cluster_selector(upper.get("metadata") or {})
+    return cluster_selector.restore_constraints(upper.get("spec") or {}, annotation, upper_only_keys=upper_only_keys)
+
+
 def lower_pod(upper: JSON, owner: Owner, upper_only_keys: frozenset[str] = VIRTUAL_NODE_KEYS) -> JSON:
     """The lower copy of ``upper``. Raises ``ValueError`` on a malformed clusterSelector.
 
@@ -172,9 +196,7 @@ def lower_pod(upper: JSON, owner: Owner, upper_only_keys: frozenset[str] = VIRTU
         for field in ("initContainers", "containers"):
             _strip_mounts(spec.get(field) or [], dropped)
 
-    opted_in = (meta.get("labels") or {}).get(c.VIRTUAL_POD_LABEL) == c.VIRTUAL_POD_VALUE
-    annotations = meta.get("annotations") or {}
-    annotation = annotations.get(c.CLUSTER_SELECTOR_ANNOTATION) if opted_in else None
+    annotation, opted_in = _honoured_cluster_selector(meta)
     spec = cluster_selector.restore_constraints(spec, annotation, upper_only_keys=upper_only_keys)
     if not opted_in and c.CLUSTER_SELECTOR_ANNOTATION in out_meta.get("annotations", {}):
         del out_meta["annotations"][c.CLUSTER_SELECTOR_ANNOTATION]

@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from tensile import conventions as c
-from tensile import flags, logs
+from tensile import flags, logs, profile
 from tensile.controllers.context import Config
 from tensile.kube.client import SERVICEACCOUNT_DIR
 from tensile.kube.errors import ApiError
@@ -88,6 +88,25 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dependency-gc-delay", type=float, default=10.0, metavar="SECONDS",
                    help="how long a lower ConfigMap/Secret/PVC/ServiceAccount copy stays after its last pod is gone, "
                         "so a Recreate rollout does not lose it between old and new pods (default 10)")
+    g = p.add_argument_group("capacity profile (for `tensile scheduler`)")
+    g.add_argument("--capacity-profile", nargs="?", const=True, default=True, type=flags.parse_bool, metavar="BOOL",
+                   help="publish the lower cluster's capacity profile as the ClusterProfile named after the node, "
+                        "so `tensile scheduler` can tell which pods fit a real lower node (default true)")
+    g.add_argument("--profile-interval", type=flags.parse_duration, default=2.0, metavar="DURATION",
+                   help="at most one profile write per interval; written only when it changed (default 2s)")
+    g.add_argument("--profile-heartbeat", type=flags.parse_duration, default=60.0, metavar="DURATION",
+                   help="rewrite an unchanged profile this often, so the extender can tell it is current (default 1m)")
+    g.add_argument("--profile-max-bytes", type=flags.positive_int, default=profile.DEFAULT_MAX_BYTES, metavar="N",
+                   help="size bound of a profile; past it, frontier points are dropped, then the smallest node "
+                        f"groups (default {profile.DEFAULT_MAX_BYTES})")
+    g.add_argument("--profile-ignore-label", action="append", default=[], metavar="KEY",
+                   help="a lower node-label key that names single nodes (an instance id); left out of node groups "
+                        "like kubernetes.io/hostname and every label whose value is the node's name (repeatable)")
+    g.add_argument("--extra-capacity", type=flags.resource_list, action="append", default=[],
+                   metavar="RESOURCE=QTY[,RESOURCE=QTY...]",
+                   help="a node shape the lower cluster can add by autoscaling (cpu=8,memory=32Gi,nvidia.com/gpu=4): "
+                        "added to the Node's capacity and to the profile, so pods that need it are sent down and the "
+                        "lower autoscaler sees them (repeatable)")
     flags.add_leader_election_flags(p, default_on=None, component="virtual node",
                                     default_name="the node name",
                                     default_note=" (default: on, except with --node-credentials)")
@@ -169,10 +188,19 @@ def run(args: argparse.Namespace) -> int:
         resync=args.full_resync_period,
         startup_timeout=args.startup_timeout,
         leader_election=election,
+        capacity_profile=args.capacity_profile,
+        profile_interval=args.profile_interval,
+        profile_heartbeat=args.profile_heartbeat,
+        profile_max_bytes=args.profile_max_bytes,
+        profile_ignored_labels=frozenset(args.profile_ignore_label),
+        extra_capacity=tuple(args.extra_capacity),
     )
     if args.node_credentials and args.flat_network:
         print("tensile virtual-node: --flat-network copies EndpointSlices, which node credentials may not read",
               file=sys.stderr)
+        return 2
+    if config.profile_heartbeat < config.profile_interval:
+        print("tensile virtual-node: --profile-heartbeat must not be shorter than --profile-interval", file=sys.stderr)
         return 2
     if config.lease_renew_interval >= config.lease_duration:
         print("tensile virtual-node: --node-lease-renew-interval must be shorter than --node-lease-duration-seconds",

@@ -13,7 +13,7 @@ import socket
 
 from prometheus_client import CollectorRegistry
 
-from tensile import capacity, translate
+from tensile import capacity, profile, translate
 from tensile import conventions as c
 from tensile.controllers.metrics import VirtualNodeMetrics
 from tensile.kube.client import JSON, Kube, path
@@ -21,6 +21,7 @@ from tensile.kube.events import EventRecorder
 from tensile.kube.informer import NAMESPACE, Informer, namespace_index
 from tensile.kube.leader import LeaderElectionConfig
 from tensile.kube.objects import ObjectWatches
+from tensile.quantity import ResourceList
 from tensile.translate import Owner
 
 log = logging.getLogger("tensile")
@@ -63,6 +64,17 @@ class Config:
     startup_timeout: float = 120.0
     #: None: this process writes without electing a leader (one replica only).
     leader_election: LeaderElectionConfig | None = None
+    #: Publish the lower cluster's capacity profile (a ClusterProfile) for the scheduler extender.
+    capacity_profile: bool = True
+    #: At most one profile write per this many seconds; a write at least this often (heartbeat).
+    profile_interval: float = 2.0
+    profile_heartbeat: float = 60.0
+    profile_max_bytes: int = profile.DEFAULT_MAX_BYTES
+    #: Node-label keys left out of the profile's node signatures (beside kubernetes.io/hostname).
+    profile_ignored_labels: frozenset[str] = frozenset()
+    #: Node shapes the lower cluster can add by autoscaling (``--extra-capacity``), advertised on
+    #: the Node and in the profile.
+    extra_capacity: tuple[ResourceList, ...] = ()
 
 
 def default_node_ip() -> str:

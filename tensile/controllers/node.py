@@ -14,14 +14,13 @@ as a ping succeeds. If someone deletes the Node, it is registered again.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import time
 from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from tensile import capacity, quantity
+from tensile import capacity, quantity, timestamps
 from tensile import conventions as c
 from tensile.controllers.context import Context
 from tensile.kube.client import JSON, path
@@ -34,14 +33,6 @@ log = logging.getLogger("tensile.node")
 STATUS_DEBOUNCE = 1.0
 #: A heartbeat loop that has not come round for this long (at least) is wedged.
 WEDGED_AFTER = 120.0
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _micro_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 #: Labels NodeRestriction refuses from a node's own credentials.
@@ -93,7 +84,7 @@ def merged_taints(current: list[JSON], want_provider_taint: bool) -> list[JSON]:
 
 def conditions(ready: bool, reason: str, message: str, previous: list[JSON]) -> list[JSON]:
     """Node conditions; lastTransitionTime only moves when a status flips."""
-    now = _now()
+    now = timestamps.rfc3339()
     prev = {cond.get("type"): cond for cond in previous}
     wanted = [
         ("Ready", "True" if ready else "False", reason, message),
@@ -158,6 +149,11 @@ class NodeController:
         cap, alloc = capacity.compute(
             self.ctx.lower_nodes.items(), self.ctx.lower_pods_all.items(), self.ctx.owner.owns
         )
+        # What the lower cluster can add by autoscaling counts as there: the upper scheduler must let
+        # a pod that needs it through, so the lower autoscaler sees the pod and adds the node.
+        for shape in self.ctx.config.extra_capacity:
+            quantity.add_into(cap, shape)
+            quantity.add_into(alloc, shape)
         return quantity.format_list(cap), quantity.format_list(alloc)
 
     def _ready(self) -> tuple[bool, str, str]:
@@ -256,7 +252,7 @@ class NodeController:
         spec = {
             "holderIdentity": self.name,
             "leaseDurationSeconds": self.ctx.config.lease_duration,
-            "renewTime": _micro_now(),
+            "renewTime": timestamps.micro(),
         }
         try:
             await self.ctx.heartbeat.patch(lease_path, {"spec": spec})

@@ -28,7 +28,6 @@ by owner labels) and so are never touched.
 
 from __future__ import annotations
 
-import datetime
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +36,7 @@ from cachetools import TTLCache
 
 from tensile import conventions as c
 from tensile import dependencies as deps
-from tensile import pod_status, translate
+from tensile import pod_status, timestamps, translate
 from tensile.controllers.context import Context
 from tensile.controllers.dependencies import RESOURCES, DependencyController
 from tensile.controllers.metrics import VirtualNodeMetrics
@@ -60,10 +59,6 @@ HELD_MAX = 300.0
 REFUSED = (400, 403, 422)
 #: Why a DaemonSet pod has no copy.
 NOT_COPIED_REASON = "DaemonSetPodNotCopied"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _phase(pod: JSON) -> str:
@@ -304,7 +299,7 @@ class PodController:
     async def _hold(self, key: str, upper: JSON, reason: str, message: str, event_reason: str) -> None:
         """Show the pod as a kubelet shows one it cannot start, and say why once."""
         self._warn_once(upper, "held", event_reason, message)
-        status = pod_status.held_status(upper, self.ctx.config.node_ip, reason, message, _now())
+        status = pod_status.held_status(upper, self.ctx.config.node_ip, reason, message, timestamps.rfc3339())
         await self._write_status(key, upper, status)
 
     def _held_delay(self, key: str, cap: float = HELD_MAX) -> float:
@@ -326,7 +321,8 @@ class PodController:
                    "whole cluster, which runs its own DaemonSets. Keep DaemonSets off virtual nodes with a node "
                    f"affinity {c.VIRTUAL_NODE_TYPE_LABEL} NotIn [{c.VIRTUAL_NODE_TYPE_VALUE}].")
         self._warn_once(upper, "held", NOT_COPIED_REASON, message)
-        status = pod_status.not_copied_status(upper, self.ctx.config.node_ip, NOT_COPIED_REASON, message, _now())
+        status = pod_status.not_copied_status(upper, self.ctx.config.node_ip, NOT_COPIED_REASON, message,
+                                              timestamps.rfc3339())
         await self._write_status(key, upper, status)
 
     async def _ensure_lower(self, key: str, upper: JSON) -> float | None:
@@ -482,7 +478,8 @@ class PodController:
 
     async def _update_status(self, key: str, upper: JSON, lower: JSON) -> None:
         cfg = self.ctx.config
-        desired = pod_status.upper_status(lower, upper, cfg.node_ip, flat_network=cfg.flat_network, now=_now())
+        desired = pod_status.upper_status(lower, upper, cfg.node_ip, flat_network=cfg.flat_network,
+                                          now=timestamps.rfc3339())
         await self._write_status(key, upper, desired)
 
     def _report_lower_problem(self, upper: JSON, lower: JSON) -> None:

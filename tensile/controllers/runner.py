@@ -25,6 +25,8 @@ from tensile.controllers.metrics import VirtualNodeCollector
 from tensile.controllers.namespaces import NamespaceEnsurer
 from tensile.controllers.node import NODE_LOOPS, NodeController
 from tensile.controllers.pods import PodController
+from tensile.controllers.profile import LOOP_NAME as PROFILE_LOOP
+from tensile.controllers.profile import ProfilePublisher
 from tensile.controllers.services import ServiceController
 from tensile.kube.client import USER_AGENT, Kube, path
 from tensile.kube.errors import ApiError
@@ -76,6 +78,7 @@ class VirtualNode:
         self.pods: PodController | None = None
         self.deps: DependencyController | None = None
         self.services: ServiceController | None = None
+        self.profile: ProfilePublisher | None = None
         self.elector: LeaderElector | None = None
         self.supervisor = Supervisor(f"virtual-node {config.node_name}")
         self._server: OpsServer | None = None
@@ -131,6 +134,10 @@ class VirtualNode:
     async def _start_writers(self) -> None:
         assert self.node is not None and self.deps is not None and self.services is not None and self.pods is not None
         await self.node.start(self.supervisor)
+        if self.profile is not None:
+            profile = self.profile
+            self.supervisor.spawn(PROFILE_LOOP, profile.run, progress=lambda: profile.beat,
+                                  stall_after=max(WORKER_WEDGED_AFTER, 3 * self.config.profile_heartbeat))
         for name, part in (("dependency workers", self.deps), ("service workers", self.services),
                            ("pod workers", self.pods)):
             part.workers.queue.reopen()  # closed by a step-down: the keys below must get in
@@ -144,7 +151,7 @@ class VirtualNode:
         for part in (self.pods, self.services, self.deps):
             if part is not None:
                 await part.stop()
-        await self.supervisor.cancel(*NODE_LOOPS, "dependency workers", "service workers", "pod workers")
+        await self.supervisor.cancel(*NODE_LOOPS, PROFILE_LOOP, "dependency workers", "service workers", "pod workers")
 
     def build(self, upper_cluster_id: str) -> Context:
         """Caches and controllers, wired together; nothing runs yet."""
@@ -156,6 +163,8 @@ class VirtualNode:
         self.services = ServiceController(ctx, copies)
         self.pods = PodController(ctx, self.deps, namespaces)
         self.node = NodeController(ctx)
+        if self.config.capacity_profile:
+            self.profile = ProfilePublisher(ctx, self.node)
         return ctx
 
     async def start(self) -> None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import secrets
 from typing import Any
 
 from cachetools import TTLCache
 
+from tensile import timestamps
 from tensile.kube.client import JSON, Kube, path
 from tensile.kube.errors import ApiError
 
@@ -33,10 +33,6 @@ WARNING = "Warning"
 #: Events waiting to be written; more are dropped (and counted) rather than piling up in memory.
 QUEUE_SIZE = 1000
 _Key = tuple[str, str, str, str]
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventRecorder:
@@ -87,7 +83,7 @@ class EventRecorder:
             "uid": meta.get("uid"),
             "resourceVersion": meta.get("resourceVersion"),
         }
-        now = _now()
+        now = timestamps.rfc3339()
         try:
             seen = self._recent.get(key)
             if seen is not None:

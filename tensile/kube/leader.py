@@ -40,6 +40,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tensile import timestamps
 from tensile.kube.client import JSON, Kube, path
 from tensile.kube.errors import ApiError
 
@@ -79,7 +80,7 @@ class LeaderElectionConfig:
 
 def micro_time(now: datetime.datetime) -> str:
     """metav1.MicroTime as the apiserver writes it."""
-    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return timestamps.micro(now)
 
 
 def _wall() -> datetime.datetime:

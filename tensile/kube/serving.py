@@ -50,12 +50,16 @@ class OpsServer:
         body = encoder(self.registry)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
-    async def start(self, host: str, port: int) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
+        """Serve the endpoints from another component's own application (one port for both)."""
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/livez", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
+
+    async def start(self, host: str, port: int) -> None:
+        app = web.Application()
+        self.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
