@@ -45,6 +45,7 @@ demo: binaries
 
 bench: binaries
 	$(PY) bench/pods.py
+	$(PY) bench/scheduler.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -89,7 +89,7 @@ class Knowledge:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.virtual: set[str] = set()
         self.profiles: dict[str, Known] = {}
-        self._clock = clock
+        self.clock = clock
 
     def node_seen(self, name: str, present: bool) -> None:
         (self.virtual.add if present else self.virtual.discard)(name)
@@ -98,7 +98,7 @@ class Knowledge:
         """A ClusterProfile was added or changed; ``age``: how old its heartbeat already is (first sight)."""
         heartbeat = str(status.get("heartbeatTime") or "") if isinstance(status, dict) else ""
         previous = self.profiles.get(name)
-        now = self._clock()
+        now = self.clock()
         renewed = previous.renewed if previous is not None and previous.heartbeat == heartbeat else now - age
         try:
             self.profiles[name] = Known(Profile.parse(status), "", renewed, heartbeat)
@@ -114,7 +114,7 @@ class Knowledge:
         return name in self.virtual or name in self.profiles
 
     def stale(self, max_age: float) -> list[str]:
-        now = self._clock()
+        now = self.clock()
         return sorted(n for n, k in self.profiles.items() if now - k.renewed > max_age)
 
 
@@ -130,11 +130,10 @@ class Decision:
 
 
 class Extender:
-    def __init__(self, knowledge: Knowledge, policy: Policy, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, knowledge: Knowledge, policy: Policy) -> None:
         self.knowledge = knowledge
         self.policy = policy
         self._rate = _rating(policy.strategy)
-        self._clock = clock
 
     def decide(self, pod: JSONObject, names: list[str], nodes: Mapping[str, JSONObject] | None,
                score: bool) -> Decision:
@@ -147,7 +146,7 @@ class Extender:
             requests, bad_requests = {}, f"the pod's resource requests are malformed: {exc}"
         else:
             bad_requests = ""
-        now = self._clock()
+        now = self.knowledge.clock()
         for name in names:
             node = nodes.get(name) if nodes is not None else None
             if not self.knowledge.is_virtual(name, node):

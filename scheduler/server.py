@@ -125,18 +125,24 @@ class SchedulerServer:
     # --- the verbs -------------------------------------------------------------------------
 
     async def _verb(self, request: web.Request, verb: str) -> web.Response:
-        started = time.perf_counter()
         body = await request.read()
-        profile_name = request.match_info.get("profile")
+        status, payload = self.answer(verb, body, request.match_info.get("profile"))
+        content_type = "application/json" if status == 200 else "text/plain"
+        return web.Response(status=status, body=payload, content_type=content_type)
+
+    def answer(self, verb: str, body: bytes, profile_name: str | None = None) -> tuple[int, bytes]:
+        """(HTTP status, body) for one call: 200 with an answer, or 400 with why the body is not ExtenderArgs."""
+        started = time.perf_counter()
         try:
             args = wire.parse_args(body)
         except wire.BadRequest as exc:
             self.metrics.requests.labels(verb, "bad_request").inc()
             log.warning("bad %s request: %s", verb, exc)
-            return web.Response(status=400, text=f"{exc}\n")
+            return 400, f"{exc}\n".encode()
         pod_meta = args.pod.get("metadata") or {}
         pod_key = f"{pod_meta.get('namespace')}/{pod_meta.get('name')}"
-        scheduler_name = (args.pod.get("spec") or {}).get("schedulerName") or "default-scheduler"
+        spec = args.pod.get("spec") or {}
+        scheduler_name = spec.get("schedulerName") or "default-scheduler"
         try:
             if profile_name is not None and scheduler_name != profile_name:
                 # Another profile's pod: every candidate passes, and scores are all equal.
@@ -144,16 +150,15 @@ class SchedulerServer:
                            else wire.priority_list(dict.fromkeys(args.names, 0)))
             else:
                 payload = self._decide(verb, args, pod_key)
-        except Exception as exc:  # a bug must answer this call, not kill the server
+        except Exception as exc:  # a bug must answer this call with an error, not kill the server
             self.metrics.requests.labels(verb, "error").inc()
             log.exception("%s failed", verb, extra={"pod": pod_key})
             if verb == "filter":
-                return web.Response(body=wire.filter_result(args, [], {}, {}, error=f"tensile scheduler: {exc}"),
-                                    content_type="application/json")
-            return web.Response(status=500, text=f"tensile scheduler: {exc}\n")
+                return 200, wire.filter_result(args, [], {}, {}, error=f"tensile scheduler: {exc}")
+            return 500, f"tensile scheduler: {exc}\n".encode()
         self.metrics.requests.labels(verb, "success").inc()
         self.metrics.duration.labels(verb).observe(time.perf_counter() - started)
-        return web.Response(body=payload, content_type="application/json")
+        return 200, payload
 
     def _decide(self, verb: str, args: wire.Args, pod_key: str) -> bytes:
         decision = self.extender.decide(args.pod, args.names, args.nodes, score=verb == "prioritize")

@@ -28,8 +28,9 @@ from tensile.quantity import ResourceList
 JSON = dict[str, Any]
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
-#: Key under which :func:`shrink_pod` keeps parsed requests (not an API field).
+#: Keys under which :func:`shrink_pod` keeps parsed requests, exact and in scheduler units (not API fields).
 _REQUESTS = "_requests"
+_UNITS = "_units"
 
 
 def node_is_usable(node: JSON) -> bool:
@@ -83,6 +84,14 @@ def requests_of(pod: JSON) -> ResourceList:
     return cached if cached is not None else pod_requests(pod)
 
 
+def request_units_of(pod: JSON) -> dict[str, int]:
+    """The pod's requests in scheduler units (:func:`tensile.quantity.units`), cached like :func:`requests_of`."""
+    cached = pod.get(_UNITS)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    return {r: quantity.units(r, v) for r, v in requests_of(pod).items()}
+
+
 def pod_is_active(pod: JSON) -> bool:
     return (pod.get("status") or {}).get("phase") not in TERMINAL_PHASES
 
@@ -127,9 +136,11 @@ def shrink_pod(pod: JSON) -> JSON:
     capacity computation (1 s per pass at 10k pods otherwise).
     """
     meta = pod.get("metadata") or {}
+    requests = pod_requests(pod)
     return {
         "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "labels": meta.get("labels") or {}},
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
         "status": {"phase": (pod.get("status") or {}).get("phase")},
-        _REQUESTS: pod_requests(pod),
+        _REQUESTS: requests,
+        _UNITS: {r: quantity.units(r, v) for r, v in requests.items()},
     }

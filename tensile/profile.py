@@ -31,7 +31,7 @@ Pure: plain dicts in and out, no I/O.
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
@@ -63,15 +63,17 @@ class ProfileError(ValueError):
     """A profile that cannot be read (a newer format, or a hand-edited one)."""
 
 
-def units(resource: str, amount: Fraction) -> int:
-    """A quantity in the unit the scheduler fits with: millicores for cpu, whole units otherwise."""
-    if resource == "cpu":
-        amount = amount * 1000
-    return math.ceil(amount)
+units = quantity.units
 
 
 def vector_of(resources: Sequence[str], amounts: Mapping[str, Fraction]) -> Vector:
     return tuple(units(r, amounts.get(r, Fraction(0))) for r in resources)
+
+
+@functools.lru_cache(maxsize=1024)
+def _allocatable_vector(resources: tuple[str, ...], allocatable: tuple[tuple[str, str], ...]) -> Vector:
+    """Thousands of lower nodes share a few allocatable shapes: parse each once."""
+    return vector_of(resources, quantity.parse_list(dict(allocatable)))
 
 
 def dominates(a: Vector, b: Vector) -> bool:
@@ -152,17 +154,22 @@ def build(nodes: Iterable[JSONObject], pods: Iterable[JSONObject], options: Opti
     """
     usable = [n for n in nodes if capacity.node_is_usable(n)]
     resources = resource_names(usable, options.extra_shapes)
-    used: dict[str, ResourceList] = defaultdict(dict)
+    used: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
         if node_name and capacity.pod_is_active(pod):
-            quantity.add_into(used[node_name], capacity.requests_of(pod))
+            on_node = used[node_name]
+            for resource, amount in capacity.request_units_of(pod).items():
+                on_node[resource] += amount
     grouped: dict[Any, tuple[Counter[Vector], Counter[Vector]]] = {}
+    columns = tuple(resources)
+    nothing: dict[str, int] = {}
     for node in usable:
         name = (node.get("metadata") or {}).get("name", "")
-        allocatable = quantity.parse_list((node.get("status") or {}).get("allocatable"))
-        alloc = vector_of(resources, allocatable)
-        taken = vector_of(resources, used.get(name, {}))
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        alloc = _allocatable_vector(columns, tuple(sorted((k, str(v)) for k, v in allocatable.items())))
+        on_node = used.get(name, nothing)
+        taken = tuple(on_node.get(r, 0) for r in columns)
         free = tuple(max(0, a - t) for a, t in zip(alloc, taken, strict=True))
         frees, shapes = grouped.setdefault(signature(node, options.ignored_labels), (Counter(), Counter()))
         frees[free] += 1

@@ -9,6 +9,7 @@ shortest exact canonical-enough form the API accepts.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from fractions import Fraction
 
@@ -56,6 +57,16 @@ def format(value: Fraction) -> str:
 
 
 ResourceList = dict[str, Fraction]
+
+
+def units(resource: str, amount: Fraction) -> int:
+    """An amount in the unit kube-scheduler fits with: millicores for cpu, whole units otherwise.
+
+    Rounded up, as ``Quantity.MilliValue`` and ``Quantity.Value`` do.
+    """
+    if resource == "cpu":
+        amount = amount * 1000
+    return math.ceil(amount)
 
 
 def add(a: ResourceList, b: ResourceList) -> ResourceList:

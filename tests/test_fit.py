@@ -89,7 +89,8 @@ def test_taints_filter_on_no_schedule_and_no_execute_only() -> None:
     assert fit.untolerated([gpu, evict], [{"key": "dedicated", "operator": "Equal", "value": "gpu"}]) == evict
     assert fit.untolerated([gpu, evict], [{"operator": "Exists"}]) is None
     assert fit.untolerated([gpu], [{"key": "dedicated", "value": "cpu", "effect": "NoSchedule"}]) == gpu
-    assert fit.describe_taint(gpu) == "dedicated=gpu:NoSchedule" and fit.describe_taint(evict) == "maintenance:NoExecute"
+    assert fit.describe_taint(gpu) == "dedicated=gpu:NoSchedule"
+    assert fit.describe_taint(evict) == "maintenance:NoExecute"
 
 
 def test_short_of_names_only_requested_resources_absent_ones_being_zero() -> None:

@@ -126,6 +126,10 @@ def test_per_node_rbac_narrows_node_and_lease_rights_and_suffices(
                                 "--namespace", SA_NS, "--service-account", sa],
                                capture_output=True, text=True, check=True, timeout=60).stdout
     kubectl(upper, "apply", "-f", "-", stdin=manifests)
+    # The admin installs the ClusterProfile CRD, which these narrow credentials may not.
+    crd = subprocess.run([sys.executable, "-m", "tensile.cli", "scheduler", "crd"], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    kubectl(upper, "apply", "-f", "-", stdin=crd)
     token = wait_for(lambda: upper.core.create_namespaced_service_account_token(
         sa, SA_NS, {"spec": {"expirationSeconds": 3600}}).status.token, 30, what="a service-account token")
     sa_dir = upper.dir / "serviceaccount-scoped"
@@ -155,6 +159,12 @@ def test_per_node_rbac_narrows_node_and_lease_rights_and_suffices(
     assert can("update", f"leases/{vk}", "-n", SA_NS)  # its leader-election Lease
     assert not can("update", "leases/other-node", "-n", SA_NS)
     assert k8s.CoordinationV1Api(upper.api()).read_namespaced_lease(vk, SA_NS).spec.holder_identity
+    # Its capacity profile, and no other node's.
+    assert can("patch", f"{c.PROFILE_PLURAL}.{c.PROFILE_GROUP}/{vk}")
+    assert not can("patch", f"{c.PROFILE_PLURAL}.{c.PROFILE_GROUP}/other-node")
+    profiles = wait_for(lambda: kubectl(upper, "get", f"{c.PROFILE_PLURAL}.{c.PROFILE_GROUP}", "-o", "name"), 30,
+                        what="a ClusterProfile")
+    assert profiles.split() == [f"clusterprofile.{c.PROFILE_GROUP}/{vk}"]  # written with the narrow credentials
     assert not any("forbidden" in line.lower() for line in vn.log_tail(100000).splitlines())
 
 

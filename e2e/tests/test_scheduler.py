@@ -92,12 +92,12 @@ def placement() -> Iterator[Placement]:
 def profile(p: Placement, name: str) -> dict[str, Any] | None:
     api = k8s.CustomObjectsApi(p.upper.api())
     try:
-        obj: dict[str, Any] = api.get_cluster_custom_object(c.PROFILE_GROUP, c.PROFILE_VERSION, c.PROFILE_PLURAL, name)
+        obj: Any = api.get_cluster_custom_object(c.PROFILE_GROUP, c.PROFILE_VERSION, c.PROFILE_PLURAL, name)
     except k8s.ApiException as exc:
         if exc.status == 404:
             return None
         raise
-    return obj
+    return dict(obj)
 
 
 @pytest.fixture
@@ -116,8 +116,7 @@ def opted_in(name: str, cpu: str, **spec: Any) -> dict[str, Any]:
 
 
 def failed_scheduling(p: Placement, ns: str, pod: str) -> str:
-    events = p.upper.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={pod}").items
-    return "\n".join(e.message or "" for e in events if e.reason == "FailedScheduling")
+    return failed_scheduling_in(p.upper, ns, pod)
 
 
 def test_profiles_read_with_kubectl_get(placement: Placement) -> None:
@@ -133,6 +132,10 @@ def test_profiles_read_with_kubectl_get(placement: Placement) -> None:
 
 def test_four_cpu_pod_lands_on_the_cluster_with_big_nodes(placement: Placement, ns: str) -> None:
     p = placement
+    # The precondition that makes the test mean something: on summed allocatable alone (kube-scheduler's
+    # LeastAllocated and BalancedAllocation), A scores higher for this pod than B.
+    alloc = {n: int(p.upper.core.read_node(n).status.allocatable["cpu"]) for n in ("vk-a", "vk-b")}
+    assert alloc["vk-a"] - 4 > 0 and (alloc["vk-a"] - 4) / alloc["vk-a"] > (alloc["vk-b"] - 4) / alloc["vk-b"]
     p.upper.core.create_namespaced_pod(ns, opted_in("four", "4"))
     up = wait_pod_running(p.upper, ns, "four", timeout=90)
     assert up.spec.node_name == "vk-b"  # A's 40 CPUs would win on summed allocatable alone
@@ -183,6 +186,37 @@ def test_extender_holds_no_lower_cluster_credentials(placement: Placement) -> No
     assert not any(d in item for d in lower_dirs for item in argv + environ)
     assert not any(e.startswith(b"KUBECONFIG=") for e in environ)
     assert os.path.exists(placement.upper.kubeconfig)
+
+
+def test_extra_capacity_lets_a_pod_the_lower_cluster_must_scale_for_through(placement: Placement, ns: str) -> None:
+    p = placement
+    gpu = {"nvidia.com/gpu": "1"}
+    p.upper.core.create_namespaced_pod(ns, opted_in("gpu-before", "1", containers=[
+        {"name": "app", "image": "cuda", "resources": {"requests": {"cpu": "1", **gpu}, "limits": gpu}}]))
+    message = wait_for(lambda: failed_scheduling(p, ns, "gpu-before"), 60, what="FailedScheduling event")
+    assert "Insufficient nvidia.com/gpu" in message  # no virtual node offers a GPU yet
+    # A third virtual node for cluster B, whose autoscaler can add 4-GPU nodes from zero.
+    vn = VirtualNodeProcess(p.upper, p.b, "vk-gpu", extra_args=[
+        "--profile-interval=500ms", "--cluster-id=vk-gpu", "--extra-capacity=cpu=8,memory=32Gi,nvidia.com/gpu=4"])
+    vn.start()
+    try:
+        wait_for(lambda: profile(p, "vk-gpu"), 30, what="vk-gpu's profile")
+        assert p.upper.core.read_node("vk-gpu").status.allocatable["nvidia.com/gpu"] == "4"
+        p.upper.core.create_namespaced_pod(ns, opted_in("gpu", "1", containers=[
+            {"name": "app", "image": "cuda", "resources": {"requests": {"cpu": "1", **gpu}, "limits": gpu}}]))
+        up = wait_for(lambda: p.upper.core.read_namespaced_pod("gpu", ns).spec.node_name, 60, what="gpu pod bound")
+        assert up == "vk-gpu"
+        # Downstairs it waits for the node the autoscaler would add: Pending, with the lower scheduler's reason.
+        low = wait_for(lambda: failed_scheduling_in(p.b, ns, "gpu"), 60, what="the lower copy's FailedScheduling")
+        assert "nvidia.com/gpu" in low
+    finally:
+        vn.stop()
+        p.upper.core.delete_node("vk-gpu")
+
+
+def failed_scheduling_in(cluster: LocalCluster, ns: str, pod: str) -> str:
+    events = cluster.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={pod}").items
+    return "\n".join(e.message or "" for e in events if e.reason == "FailedScheduling")
 
 
 def test_cordoning_the_big_nodes_moves_the_verdict_to_fits_nowhere(placement: Placement, ns: str) -> None:

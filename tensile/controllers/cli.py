@@ -89,9 +89,10 @@ def register(subparsers: Any) -> None:
                    help="how long a lower ConfigMap/Secret/PVC/ServiceAccount copy stays after its last pod is gone, "
                         "so a Recreate rollout does not lose it between old and new pods (default 10)")
     g = p.add_argument_group("capacity profile (for `tensile scheduler`)")
-    g.add_argument("--capacity-profile", nargs="?", const=True, default=True, type=flags.parse_bool, metavar="BOOL",
+    g.add_argument("--capacity-profile", nargs="?", const=True, default=None, type=flags.parse_bool, metavar="BOOL",
                    help="publish the lower cluster's capacity profile as the ClusterProfile named after the node, "
-                        "so `tensile scheduler` can tell which pods fit a real lower node (default true)")
+                        "so `tensile scheduler` can tell which pods fit a real lower node (default: on, except with "
+                        "--node-credentials, which need an RBAC grant on clusterprofiles for system:node:NAME)")
     g.add_argument("--profile-interval", type=flags.parse_duration, default=2.0, metavar="DURATION",
                    help="at most one profile write per interval; written only when it changed (default 2s)")
     g.add_argument("--profile-heartbeat", type=flags.parse_duration, default=60.0, metavar="DURATION",
@@ -158,6 +159,11 @@ def leader_election(args: argparse.Namespace) -> LeaderElectionConfig | None:
     return config
 
 
+def capacity_profile(args: argparse.Namespace) -> bool:
+    """On by default; off by default with node credentials, which RBAC must be told to allow it."""
+    return bool(args.capacity_profile) if args.capacity_profile is not None else not args.node_credentials
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         logs.setup(args.log_level, args.log_format)
@@ -188,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         resync=args.full_resync_period,
         startup_timeout=args.startup_timeout,
         leader_election=election,
-        capacity_profile=args.capacity_profile,
+        capacity_profile=capacity_profile(args),
         profile_interval=args.profile_interval,
         profile_heartbeat=args.profile_heartbeat,
         profile_max_bytes=args.profile_max_bytes,

@@ -26,6 +26,7 @@ from tensile.controllers.metrics import result_of
 from tensile.kube import crds
 from tensile.kube.client import JSON
 from tensile.kube.errors import ApiError
+from tensile.kube.events import NORMAL, WARNING
 
 if TYPE_CHECKING:
     from tensile.controllers.node import NodeController
@@ -71,7 +72,8 @@ class ProfilePublisher:
         self.published: JSON | None = None
         self.written_at = 0.0
         self.beat = time.monotonic()
-        self._warned = False
+        #: The failure last reported (log and Event), so each is reported once, not per retry.
+        self._failing = ""
         ctx.lower_nodes.add_handler(self._mark)
         ctx.lower_pods_all.add_handler(self._mark)
 
@@ -135,11 +137,30 @@ class ProfilePublisher:
             retry_at = 0.0
             try:
                 await self.publish(force=time.monotonic() >= self.written_at + cfg.profile_heartbeat)
-                self._warned = False
             except ApiError as exc:
                 retry_at = time.monotonic() + (RETRY_AFTER if exc.status in (403, 404, 504) else cfg.profile_interval)
-                level = logging.WARNING if not self._warned or exc.status not in (403, 404) else logging.DEBUG
-                log.log(level, "capacity profile not published: %s", exc,
-                        extra={"node": self.name, "cluster": cfg.cluster_id})
-                self._warned = True
                 self.published = None
+                self._report(exc)
+            else:
+                self._report(None)
+
+    def _node_ref(self) -> JSON:
+        return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "uid": self.node.node_uid}}
+
+    def _report(self, exc: ApiError | None) -> None:
+        """A failure once, with a Warning Event on the Node (``kubectl describe node``); its end once."""
+        extra = {"node": self.name, "cluster": self.ctx.config.cluster_id}
+        if exc is None:
+            if self._failing:
+                log.info("capacity profile published again", extra=extra)
+                self.ctx.recorder.event(self._node_ref(), NORMAL, "CapacityProfilePublished",
+                                        "the capacity profile (ClusterProfile) is published again")
+            self._failing = ""
+            return
+        message = f"capacity profile (ClusterProfile) not published: {exc}"
+        if message == self._failing:
+            log.debug("%s (retrying)", message, extra=extra)
+            return
+        self._failing = message
+        log.warning("%s", message, extra=extra)
+        self.ctx.recorder.event(self._node_ref(), WARNING, "CapacityProfileNotPublished", message)
