@@ -32,7 +32,7 @@ from typing import Any
 from scheduler.wire import MAX_PRIORITY
 from tensile import capacity, translate
 from tensile.cluster_selector import MalformedPodError
-from tensile.profile import Profile, Vector, Verdict
+from tensile.profile import Profile, Query, Vector, Verdict
 
 JSONObject = dict[str, Any]
 
@@ -75,8 +75,12 @@ class Policy:
 def _rating(strategy: Strategy) -> Callable[[Vector, Vector, Vector], float]:
     """0..1 for one lower node: cpu and memory (profile dimensions 0 and 1) after the pod is placed."""
     def left(want: Vector, free: Vector, shape: Vector) -> float:
-        shares = [(free[d] - want[d]) / shape[d] for d in (0, 1) if shape[d] > 0]
-        return sum(shares) / len(shares) if shares else 0.0
+        cpu, memory = shape[0], shape[1]
+        if cpu > 0 and memory > 0:
+            return ((free[0] - want[0]) / cpu + (free[1] - want[1]) / memory) / 2
+        if cpu > 0:
+            return (free[0] - want[0]) / cpu
+        return (free[1] - want[1]) / memory if memory > 0 else 0.0
 
     if strategy is Strategy.SPREAD:
         return left
@@ -139,9 +143,9 @@ class Extender:
                score: bool) -> Decision:
         """Filter (``score`` False: stop at the first fitting lower node) or prioritize ``names``."""
         decision = Decision([], {}, {}, {}, Counter(), [])
-        specs: dict[frozenset[str], JSONObject | str] = {}
+        queries: dict[frozenset[str], Query | str] = {}
         try:
-            requests = capacity.pod_requests(pod)
+            requests = capacity.request_units_of(pod)
         except (ValueError, TypeError, AttributeError) as exc:
             requests, bad_requests = {}, f"the pod's resource requests are malformed: {exc}"
         else:
@@ -167,12 +171,12 @@ class Extender:
                     decision.failed[name] = reason
                 continue
             assert known is not None and known.profile is not None
-            verdict = self._assess(pod, known.profile, requests, bad_requests, specs, score)
+            verdict = self._assess(pod, known.profile, requests, bad_requests, queries, score)
             if verdict.fits:
                 decision.passed.append(name)
                 decision.counts[FITS] += 1
                 if score:
-                    decision.scores[name] = self._score(known.profile, requests, verdict)
+                    decision.scores[name] = self._score(verdict)
             elif verdict.resolvable:
                 decision.failed[name] = verdict.reason
                 decision.counts[FULL] += 1
@@ -193,25 +197,26 @@ class Extender:
         return None
 
     def _assess(self, pod: JSONObject, profile: Profile, requests: Any, bad_requests: str,
-                specs: dict[frozenset[str], JSONObject | str], score: bool) -> Verdict:
+                queries: dict[frozenset[str], Query | str], score: bool) -> Verdict:
         if bad_requests:
             return Verdict(False, False, bad_requests)
-        spec = specs.get(profile.upper_only_keys)
-        if spec is None:
+        query = queries.get(profile.upper_only_keys)
+        if query is None:
+            # Restored once per set of upper-only keys (all tensile virtual nodes share one), not per node.
             try:
-                spec = translate.scheduling_spec(pod, profile.upper_only_keys)
+                query = Query.of(translate.scheduling_spec(pod, profile.upper_only_keys), requests)
             except (ValueError, TypeError, AttributeError) as exc:
-                spec = f"the pod's scheduling constraints cannot be restored: {exc}"
-            specs[profile.upper_only_keys] = spec
-        if isinstance(spec, str):
-            return Verdict(False, False, spec)
+                query = f"the pod's scheduling constraints cannot be restored: {exc}"
+            queries[profile.upper_only_keys] = query
+        if isinstance(query, str):
+            return Verdict(False, False, query)
         try:
-            return profile.assess(spec, requests, self._rate if score else None)
+            return profile.assess(query, self._rate if score else None)
         except (MalformedPodError, ValueError, TypeError, AttributeError) as exc:
             return Verdict(False, False, f"the pod's node constraints are malformed: {exc}")
 
-    def _score(self, profile: Profile, requests: Any, verdict: Verdict) -> int:
-        if verdict.free is None or verdict.shape is None:
+    def _score(self, verdict: Verdict) -> int:
+        if verdict.free is None or verdict.shape is None or verdict.want is None:
             return 0
-        want, _ = profile.request_vector(requests)
-        return max(0, min(MAX_PRIORITY, round(MAX_PRIORITY * self._rate(want, verdict.free, verdict.shape))))
+        rated = self._rate(verdict.want, verdict.free, verdict.shape)
+        return max(0, min(MAX_PRIORITY, round(MAX_PRIORITY * rated)))

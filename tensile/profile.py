@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
@@ -40,7 +41,7 @@ from typing import Any
 import orjson
 
 from tensile import capacity, fit, quantity
-from tensile.cluster_selector import as_object, as_tolerations
+from tensile.cluster_selector import MalformedPodError, as_object, as_tolerations
 from tensile.conventions import HOSTNAME_LABEL
 from tensile.quantity import ResourceList
 
@@ -272,8 +273,12 @@ class Group:
     shapes: tuple[Vector, ...]
     #: Frontier of free vectors, with how many nodes have exactly that vector; largest cpu first.
     free: tuple[tuple[Vector, int], ...]
+    #: For each point of ``free``, the allocatable shape it belongs to (the smallest that holds it).
+    holders: tuple[Vector, ...]
     #: Component-wise maximum of ``free``: a quick "cannot fit".
     ceiling: Vector
+    #: The same for every group (of any profile) with these labels: see :func:`label_id`.
+    label_id: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,10 +296,64 @@ class Verdict:
     #: The best free vector that fits, and the allocatable shape of its group, for scoring.
     free: Vector | None = None
     shape: Vector | None = None
+    #: The pod's requests as this profile's vector.
+    want: Vector | None = None
 
 
 #: How well a (requests, free, shape) triple fits; larger is better.
 Chooser = Callable[[Vector, Vector, Vector], float]
+
+
+#: Explanations a profile keeps; a profile is replaced on every change, and its cache with it.
+EXPLAINED_MAX = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """A pod's side of the question, prepared once and asked of every virtual node's profile."""
+
+    #: Requests in scheduler units (:func:`tensile.capacity.request_units_of`).
+    requests: Mapping[str, int]
+    selector: Mapping[str, Any] | None
+    required: JSONObject | None
+    tolerations: list[JSONObject]
+    #: The constraints as canonical JSON: equal keys, equal answers.
+    key: bytes
+    #: A node selector or required affinity to match against group labels.
+    constrained: bool
+    #: Answers kept for the life of the query (one extender call): request vectors by resource
+    #: columns, and placement by label set (virtual nodes share node pools' label sets).
+    _vectors: dict[tuple[str, ...], tuple[Vector, list[str], list[tuple[int, int]]]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False)
+    _placed: dict[int, bool] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, spec: JSONObject, requests: Mapping[str, int]) -> Query:
+        """From the lower copy's spec; raises :class:`~tensile.cluster_selector.MalformedPodError`."""
+        selector = as_object(spec.get("nodeSelector"), "spec.nodeSelector")
+        required = fit.node_affinity_required(spec)
+        tolerations = as_tolerations(spec.get("tolerations"), "spec.tolerations") or []
+        try:
+            key = orjson.dumps([selector, required, tolerations], option=orjson.OPT_SORT_KEYS)
+        except TypeError as exc:
+            raise MalformedPodError(f"pod scheduling fields are not JSON: {exc}") from exc
+        return cls(requests, selector, required, tolerations, key, bool(selector) or required is not None)
+
+    def places_on(self, group: Group) -> bool:
+        placed = self._placed.get(group.label_id)
+        if placed is None:
+            placed = self._placed[group.label_id] = (
+                fit.selector_matches(self.selector, group.labels) and fit.required_matches(self.required, group.labels))
+        return placed
+
+    def vector(self, resources: tuple[str, ...]) -> tuple[Vector, list[str], list[tuple[int, int]]]:
+        """(requests as a vector of ``resources``, requested resources not among them, (index, amount) asked)."""
+        cached = self._vectors.get(resources)
+        if cached is None:
+            unknown = [r for r, v in self.requests.items() if v > 0 and r not in resources]
+            want = tuple(self.requests.get(r, 0) for r in resources)
+            cached = self._vectors[resources] = (want, unknown, [(d, w) for d, w in enumerate(want) if w > 0])
+        return cached
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +363,9 @@ class Profile:
     nodes: int
     groups: tuple[Group, ...]
     truncated: bool
+    #: "Does not fit" verdicts by (query key, request vector): replicas ask the same question.
+    _explained: dict[tuple[bytes, Vector], Verdict] = dataclasses.field(default_factory=dict, compare=False,
+                                                                        repr=False)
 
     @classmethod
     def parse(cls, status: Any) -> Profile:
@@ -333,60 +395,77 @@ class Profile:
             ceiling = tuple(max(p[d] for p, _ in free) for d in range(width))
             labels = {str(k): str(v) for k, v in (g.get("labels") or {}).items()}
             taints = tuple(dict(t) for t in g.get("taints") or [])
+            holders = tuple(_holder(shapes, p) for p, _ in free)
             groups.append(Group(labels, taints, int(g.get("nodes", 0)), bool(g.get("autoscaled")), shapes,
-                                free, ceiling))
+                                free, holders, ceiling, label_id(labels)))
         return cls(resources, frozenset(str(k) for k in status.get("upperOnlyKeys") or []),
                    int(status.get("nodes", 0)), tuple(groups), bool(status.get("truncated")))
 
-    def request_vector(self, requests: ResourceList) -> tuple[Vector, list[str]]:
-        """``requests`` in this profile's units, and the requested resources it does not know."""
-        unknown = [r for r, v in requests.items() if v > 0 and r not in self.resources]
-        return vector_of(self.resources, requests), unknown
+    def check(self, spec: JSONObject, requests: Mapping[str, int], choose: Chooser | None = None) -> Verdict:
+        """:meth:`assess` for one spec; raises :class:`~tensile.cluster_selector.MalformedPodError`."""
+        return self.assess(Query.of(spec, requests), choose)
 
-    def assess(self, spec: JSONObject, requests: ResourceList, choose: Chooser | None = None) -> Verdict:
-        """Does a pod with the (lower copy's) spec ``spec`` and ``requests`` fit a lower node?
+    def assess(self, query: Query, choose: Chooser | None = None) -> Verdict:
+        """Does the pod of ``query`` fit a lower node of this profile?
 
-        With ``choose`` ``None`` the first fit is returned; otherwise the fit ``choose`` rates best.
+        Only the resources the pod requests are compared, as kube-scheduler does: an overcommitted
+        node still takes a pod that asks for none of what it lacks. With ``choose`` ``None`` the first
+        fit is returned; otherwise the fit ``choose`` rates best. A "does not fit" is explained (which
+        groups match, what is largest) and the explanation kept for the next pod of the same shape.
         Raises :class:`~tensile.cluster_selector.MalformedPodError` for malformed constraints.
         """
-        want, unknown = self.request_vector(requests)
+        want, unknown, asked = query.vector(self.resources)
         if unknown:
             return Verdict(False, False, f"no lower node has {', '.join(sorted(unknown))}")
-        tolerations = as_tolerations(spec.get("tolerations"), "spec.tolerations") or []
-        selector = as_object(spec.get("nodeSelector"), "spec.nodeSelector")
-        required = fit.node_affinity_required(spec)
-        constrained = bool(selector) or required is not None
+
+        def holds(point: Vector) -> bool:
+            for d, w in asked:
+                if point[d] < w:
+                    return False
+            return True
+
+        best: tuple[float, Vector, Vector] | None = None
+        for group in self.groups:
+            if query.constrained and not group.autoscaled and not query.places_on(group):
+                continue
+            if group.taints and fit.untolerated(group.taints, query.tolerations) is not None:
+                continue
+            if not holds(group.ceiling):
+                continue
+            for (point, _count), shape in zip(group.free, group.holders, strict=True):
+                if point[0] < want[0]:
+                    break  # largest cpu first: no later point has enough
+                if not holds(point):
+                    continue
+                if choose is None:
+                    return Verdict(True, True, "", point, shape, want)
+                rated = choose(want, point, shape)
+                if best is None or rated > best[0]:
+                    best = (rated, point, shape)
+        if best is not None:
+            return Verdict(True, True, "", best[1], best[2], want)
+        key = (query.key, want)
+        explained = self._explained.get(key)
+        if explained is None:
+            if len(self._explained) >= EXPLAINED_MAX:
+                self._explained.clear()
+            explained = self._explained[key] = self._explain(query, want)
+        return explained
+
+    def _explain(self, query: Query, want: Vector) -> Verdict:
+        """Why nothing fits: no group matches, every match is tainted, too small, or only full."""
         matching: list[Group] = []
         blocked_by: list[Mapping[str, Any]] = []
         for group in self.groups:
-            if constrained and not group.autoscaled and not (
-                fit.selector_matches(selector, group.labels) and fit.required_matches(required, group.labels)
-            ):
+            if query.constrained and not group.autoscaled and not query.places_on(group):
                 continue
-            taint = fit.untolerated(group.taints, tolerations) if group.taints else None
+            taint = fit.untolerated(group.taints, query.tolerations) if group.taints else None
             if taint is not None:
                 blocked_by.append(taint)
                 continue
             matching.append(group)
         if not matching:
             return Verdict(False, False, self._mismatch(blocked_by))
-        best: tuple[float, Vector, Vector] | None = None
-        for group in matching:
-            if not dominates(group.ceiling, want):
-                continue
-            for point, _count in group.free:
-                if point[0] < want[0]:
-                    break  # largest cpu first: no later point has enough
-                if not dominates(point, want):
-                    continue
-                shape = _shape_for(group, point)
-                if choose is None:
-                    return Verdict(True, True, "", point, shape)
-                rated = choose(want, point, shape)
-                if best is None or rated > best[0]:
-                    best = (rated, point, shape)
-        if best is not None:
-            return Verdict(True, True, "", best[1], best[2])
         return self._short(want, matching)
 
     def _mismatch(self, blocked_by: list[Mapping[str, Any]]) -> str:
@@ -423,6 +502,26 @@ class Profile:
         return Verdict(False, True, f"no lower node has {together} free at once ({nodes} matching nodes){suffix}")
 
 
+_LABEL_IDS: dict[tuple[tuple[str, str], ...], int] = {}
+#: Distinct label sets remembered; past it ids are still unique, only no longer shared.
+LABEL_IDS_MAX = 100_000
+
+
+def label_id(labels: Mapping[str, str]) -> int:
+    """A small int per distinct label set, shared by every profile, so placement answers can be shared."""
+    key = tuple(sorted(labels.items()))
+    found = _LABEL_IDS.get(key)
+    if found is not None:
+        return found
+    if len(_LABEL_IDS) >= LABEL_IDS_MAX:
+        return -next(_OVERFLOW)  # unique, not shared
+    found = _LABEL_IDS[key] = len(_LABEL_IDS) + 1
+    return found
+
+
+_OVERFLOW = itertools.count(1)
+
+
 def _vector(raw: Any, width: int) -> Vector:
     vec = tuple(int(x) for x in raw)
     if len(vec) != width:
@@ -430,7 +529,7 @@ def _vector(raw: Any, width: int) -> Vector:
     return vec
 
 
-def _shape_for(group: Group, point: Vector) -> Vector:
-    """The group's allocatable shape a free point belongs to: the smallest that holds it."""
-    holding = [s for s in group.shapes if dominates(s, point)]
-    return min(holding, key=sum) if holding else group.shapes[0]
+def _holder(shapes: tuple[Vector, ...], point: Vector) -> Vector:
+    """The allocatable shape a free point belongs to: the smallest that holds it."""
+    holding = [s for s in shapes if dominates(s, point)]
+    return min(holding, key=sum) if holding else shapes[0]

@@ -40,10 +40,10 @@ def pod_on(node_name: str, cpu: str = "1", memory: str = "1Gi", phase: str = "Ru
             "status": {"phase": phase}}
 
 
-def wants(cpu: str = "0", memory: str = "0", **extra: str) -> dict[str, Fraction]:
+def wants(cpu: str = "0", memory: str = "0", **extra: str) -> dict[str, int]:
     r = quantity.parse_list({"cpu": cpu, "memory": memory, **extra})
     r["pods"] = Fraction(1)
-    return r
+    return {name: quantity.units(name, amount) for name, amount in r.items()}
 
 
 def read(nodes: list[dict[str, Any]], pods: list[dict[str, Any]] | None = None, **options: Any) -> Profile:
@@ -55,17 +55,17 @@ def read(nodes: list[dict[str, Any]], pods: list[dict[str, Any]] | None = None, 
 def test_forty_small_nodes_do_not_fit_a_four_cpu_pod_but_two_big_ones_do() -> None:
     small = read([node(f"a{i}", cpu="1", memory="4Gi") for i in range(40)])
     big = read([node(f"b{i}", cpu="8", memory="32Gi") for i in range(2)])
-    verdict = small.assess({}, wants("4"))
+    verdict = small.check({}, wants("4"))
     assert not verdict.fits and not verdict.resolvable
     assert verdict.reason == "no lower node is big enough: the pod needs 4 CPU, the largest lower node has 1 CPU"
-    assert big.assess({}, wants("4")).fits
+    assert big.check({}, wants("4")).fits
     assert len(small.groups) == 1 and small.groups[0].free == (((1000, 4 * GiB, 100 * GiB, 110), 40),)
 
 
 def test_a_full_cluster_is_resolvable_and_says_what_is_largest() -> None:
     nodes = [node(f"n{i}", cpu="8") for i in range(3)]
     pods = [pod_on(f"n{i}", cpu="6") for i in range(3)]
-    verdict = read(nodes, pods).assess({}, wants("4"))
+    verdict = read(nodes, pods).check({}, wants("4"))
     assert not verdict.fits and verdict.resolvable
     assert verdict.reason == "no lower node with 4 CPU free; the largest free is 2 CPU on 3 nodes"
 
@@ -84,7 +84,7 @@ def test_quantities_use_kubernetes_units_and_rounding() -> None:
     p = read([node("n0", cpu="1.5", memory="1e3")], [pod_on("n0", cpu="0.5m", memory="1k")])
     (point, _), = p.groups[0].free
     assert point[:2] == (1499, 0)  # 0.5m rounds up to 1m, as Quantity.MilliValue does
-    assert p.assess({}, wants("1499m")).fits and not p.assess({}, wants("1500m")).fits
+    assert p.check({}, wants("1499m")).fits and not p.check({}, wants("1500m")).fits
 
 
 def test_cordoned_not_ready_and_unschedulable_tainted_nodes_are_left_out() -> None:
@@ -92,7 +92,7 @@ def test_cordoned_not_ready_and_unschedulable_tainted_nodes_are_left_out() -> No
              node("down", cpu="16", ready=False),
              node("tainted", cpu="16", taints=[{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}])]
     p = read(nodes)
-    assert p.nodes == 1 and not p.assess({}, wants("4")).fits
+    assert p.nodes == 1 and not p.check({}, wants("4")).fits
 
 
 def test_groups_follow_labels_and_taints_but_not_hostnames() -> None:
@@ -108,38 +108,38 @@ def test_groups_follow_labels_and_taints_but_not_hostnames() -> None:
 def test_selector_affinity_and_taint_mismatches_are_unresolvable_with_reasons() -> None:
     p = read([node("a0", labels={"zone": "a"}, taints=[{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
               node("b0", labels={"zone": "b"})])
-    none = p.assess({"nodeSelector": {"zone": "c"}}, wants("1"))
+    none = p.check({"nodeSelector": {"zone": "c"}}, wants("1"))
     assert not none.fits and not none.resolvable and "no lower node matches" in none.reason
-    tainted = p.assess({"nodeSelector": {"zone": "a"}}, wants("1"))
+    tainted = p.check({"nodeSelector": {"zone": "a"}}, wants("1"))
     assert not tainted.resolvable and "dedicated=gpu:NoSchedule" in tainted.reason
-    tolerated = p.assess({"nodeSelector": {"zone": "a"}, "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+    tolerated = p.check({"nodeSelector": {"zone": "a"}, "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
                          wants("1"))
     assert tolerated.fits
     affinity = {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
         "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}]}}}}
-    assert p.assess(affinity, wants("1")).fits
+    assert p.check(affinity, wants("1")).fits
 
 
 def test_extended_resources_absent_everywhere_are_unresolvable() -> None:
     p = read([node("n0"), node("g0", **{"nvidia.com/gpu": "2"})])
     assert p.resources[-1] == "nvidia.com/gpu"
-    assert p.assess({}, wants("1", **{"nvidia.com/gpu": "2"})).fits
-    assert not p.assess({}, wants("1", **{"nvidia.com/gpu": "3"})).resolvable
-    absent = p.assess({}, wants("1", **{"example.com/fpga": "1"}))
+    assert p.check({}, wants("1", **{"nvidia.com/gpu": "2"})).fits
+    assert not p.check({}, wants("1", **{"nvidia.com/gpu": "3"})).resolvable
+    absent = p.check({}, wants("1", **{"example.com/fpga": "1"}))
     assert not absent.resolvable and absent.reason == "no lower node has example.com/fpga"
 
 
 def test_extra_capacity_is_one_more_node_shape_matching_any_selector() -> None:
     gpu = quantity.parse_list({"nvidia.com/gpu": "4", "cpu": "8", "memory": "32Gi"})
     p = read([node("n0", cpu="2")], extra_shapes=(gpu,))
-    assert p.assess({"nodeSelector": {"pool": "gpu"}}, wants("4", **{"nvidia.com/gpu": "1"})).fits
-    assert not p.assess({}, wants("16")).resolvable
+    assert p.check({"nodeSelector": {"pool": "gpu"}}, wants("4", **{"nvidia.com/gpu": "1"})).fits
+    assert not p.check({}, wants("16")).resolvable
 
 
 def test_choose_picks_the_best_rated_fit() -> None:
     p = read([node("big", cpu="16"), node("small", cpu="4", labels={"size": "s"})])
-    loosest = p.assess({}, wants("2"), choose=lambda want, free, shape: free[0] - want[0])
-    tightest = p.assess({}, wants("2"), choose=lambda want, free, shape: want[0] - free[0])
+    loosest = p.check({}, wants("2"), choose=lambda want, free, shape: free[0] - want[0])
+    tightest = p.check({}, wants("2"), choose=lambda want, free, shape: want[0] - free[0])
     assert loosest.free is not None and loosest.free[0] == 16000 and loosest.shape == loosest.free
     assert tightest.free is not None and tightest.free[0] == 4000
 
@@ -276,11 +276,12 @@ def test_a_pod_fits_the_profile_exactly_when_it_fits_an_original_node(
     pods = [pod_on(f"n{i}", cpu=cpu, memory=mem, **({"nvidia.com/gpu": gpu} if gpu else {}))
             for i, cpu, mem, gpu in usage if i < len(nodes)]
     requests = capacity.pod_requests({"spec": {"containers": [{"name": "c", "resources": {"requests": request}}]}})
-    verdict = read(nodes, pods).assess(spec, requests)
+    asked = {name: quantity.units(name, amount) for name, amount in requests.items()}
+    verdict = read(nodes, pods).check(spec, asked)
     fits, big_enough = brute_force(nodes, pods, spec, requests)
     assert verdict.fits == fits
     if not fits:
         assert verdict.resolvable == big_enough, verdict.reason
     # A trimmed profile may say "no" more often, never "yes" wrongly.
-    trimmed = read(nodes, pods, max_bytes=300).assess(spec, requests)
+    trimmed = read(nodes, pods, max_bytes=300).check(spec, asked)
     assert not trimmed.fits or fits
