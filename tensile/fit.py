@@ -11,8 +11,8 @@ kube-scheduler asks of one node, so they are answered here once, with Kubernetes
   ``metadata.name``, with ``In`` and ``NotIn``;
 - taints: every ``NoSchedule`` and ``NoExecute`` taint must be tolerated (``TaintToleration``);
   ``PreferNoSchedule`` only scores, so it never filters;
-- resources: each resource the pod requests (more than zero) must be free on the node, an absent
-  resource being zero; ``pods`` is always requested (``NodeResourcesFit``).
+- resources (``NodeResourcesFit``: only what the pod requests is compared, ``pods`` always) are
+  compared on integer vectors by :meth:`tensile.profile.Profile.assess`.
 
 Pure: plain dicts in, answers out. A malformed constraint (which the API server would have refused)
 raises :class:`~tensile.cluster_selector.MalformedPodError`, never a crash of the caller.
@@ -142,8 +142,3 @@ def untolerated(taints: Iterable[Mapping[str, Any]], tolerations: Sequence[JSONO
 def describe_taint(taint: Mapping[str, Any]) -> str:
     value = taint.get("value")
     return f"{taint.get('key')}{'=' + str(value) if value else ''}:{taint.get('effect')}"
-
-
-def short_of(requests: Mapping[str, int], free: Mapping[str, int]) -> list[str]:
-    """The resources ``requests`` asks more of than ``free`` holds (absent = 0), in request order."""
-    return [name for name, amount in requests.items() if amount > 0 and amount > free.get(name, 0)]

@@ -91,9 +91,3 @@ def test_taints_filter_on_no_schedule_and_no_execute_only() -> None:
     assert fit.untolerated([gpu], [{"key": "dedicated", "value": "cpu", "effect": "NoSchedule"}]) == gpu
     assert fit.describe_taint(gpu) == "dedicated=gpu:NoSchedule"
     assert fit.describe_taint(evict) == "maintenance:NoExecute"
-
-
-def test_short_of_names_only_requested_resources_absent_ones_being_zero() -> None:
-    free = {"cpu": 2000, "memory": 10}
-    assert fit.short_of({"cpu": 2000, "memory": 0, "nvidia.com/gpu": 0}, free) == []
-    assert fit.short_of({"cpu": 2001, "nvidia.com/gpu": 1}, free) == ["cpu", "nvidia.com/gpu"]
