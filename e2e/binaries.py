@@ -42,6 +42,8 @@ log = logging.getLogger("tensile.e2e.binaries")
 
 K8S_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 ALL_BINARIES = ("etcd", *K8S_COMPONENTS, "kwok")
+#: Built and cached with the others, but optional in ``TENSILE_K8S_BIN``: only metrics tests run it.
+OPTIONAL_BINARIES = ("metrics-server",)
 
 NETWORK_PROBE_TIMEOUT = 3.0
 
@@ -60,6 +62,8 @@ class Component:
     packages: tuple[str, ...]
     binaries: tuple[str, ...]
     ldflags: str = ""
+    #: Official release binaries exist (metrics-server publishes container images only).
+    downloadable: bool = True
 
     @property
     def cache_key(self) -> str:
@@ -106,6 +110,15 @@ def components() -> tuple[Component, ...]:
             packages=("sigs.k8s.io/kwok/cmd/kwok",),
             binaries=("kwok",),
             ldflags=f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={versions.KWOK}",
+        ),
+        Component(
+            name="metrics-server",
+            module="sigs.k8s.io/metrics-server",
+            version=versions.METRICS_SERVER,
+            packages=("sigs.k8s.io/metrics-server/cmd/metrics-server",),
+            binaries=("metrics-server",),
+            ldflags=f"-s -w -X sigs.k8s.io/metrics-server/pkg/version.gitVersion={versions.METRICS_SERVER}",
+            downloadable=False,
         ),
     )
 
@@ -284,9 +297,9 @@ def ensure_binaries(allow_build: bool = True, allow_download: bool = True) -> Pa
         dest = root / c.cache_key
         if _complete(dest, c.binaries):
             continue
-        if online is None:
+        if online is None and c.downloadable:
             online = allow_download and not os.environ.get("TENSILE_NO_DOWNLOAD") and network_available()
-        if online:
+        if online and c.downloadable:
             try:
                 download(c, dest)
                 continue

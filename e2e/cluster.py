@@ -31,6 +31,7 @@ from kubernetes import config as k8s_config
 
 from e2e import kwok, pki
 from e2e.binaries import ensure_binaries
+from e2e.echo import EchoServer
 from e2e.process import ComponentFailed, Process, Supervised, free_port, port_in_use_error
 
 log = logging.getLogger("tensile.e2e.cluster")
@@ -115,6 +116,8 @@ class LocalCluster(Supervised, KubeconfigClients):
         self.processes: dict[str, Process] = {}
         self.etcd_port = 0
         self.apiserver_port = 0
+        self.kwok_port = 0
+        self.echo: EchoServer | None = None
         self.failed = False
 
     # --- paths and clients -------------------------------------------------
@@ -122,6 +125,23 @@ class LocalCluster(Supervised, KubeconfigClients):
     @property
     def kubeconfig(self) -> Path:
         return self.dir / "admin.kubeconfig"
+
+    @property
+    def debug_files(self) -> kwok.DebugFiles:
+        """What kwok serves for every fake pod: one log (and previous log), attach output, exec dir."""
+        d = self.dir / "kwok"
+        d.mkdir(parents=True, exist_ok=True)
+        return kwok.DebugFiles(logs=str(d / "pod.log"), previous_logs=str(d / "pod-previous.log"),
+                               attach=str(d / "attach.log"), exec_dir=str(d / "exec"),
+                               forward_port=self.echo.port if self.echo else 0)
+
+    def write_pod_log(self, lines: list[str], previous: bool = False, stream: str = "stdout",
+                      when: datetime.datetime | None = None) -> None:
+        """Append ``lines`` in CRI log format to what kwok serves as every pod's (previous) log."""
+        debug = self.debug_files
+        stamp = (when or datetime.datetime.now(datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
+        with open(debug.previous_logs if previous else debug.logs, "a") as f:
+            f.writelines(f"{stamp} {stream} F {line}\n" for line in lines)
 
     @property
     def server(self) -> str:
@@ -230,6 +250,16 @@ class LocalCluster(Supervised, KubeconfigClients):
             "--allow-privileged=true",
             f"--kubelet-client-certificate={p.kubelet_client_cert}",
             f"--kubelet-client-key={p.kubelet_client_key}",
+            # As managed clusters do: kubelet serving certificates are verified (logs, exec, port-forward).
+            f"--kubelet-certificate-authority={p.kubelet_ca_cert}",
+            # The aggregation layer, for metrics-server.
+            f"--requestheader-client-ca-file={p.front_proxy_ca_cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={p.front_proxy_client_cert}",
+            f"--proxy-client-key-file={p.front_proxy_client_key}",
             "--profiling=false",
             "--max-requests-inflight=1000",
             "--max-mutating-requests-inflight=500",
@@ -330,12 +360,22 @@ class LocalCluster(Supervised, KubeconfigClients):
             "--v=1",
         ], self.dir / "kube-scheduler.log")
         kwok_cfg = self.dir / "kwok.yaml"
-        kwok_cfg.write_text(kwok.config_yaml(self.pod_cidr, node_ip="127.0.0.1"))
+        self.echo = EchoServer().start()
+        debug = self.debug_files
+        for f in (debug.logs, debug.previous_logs, debug.attach):
+            Path(f).touch()
+        Path(debug.exec_dir).mkdir(exist_ok=True)
+        kwok_cfg.write_text(kwok.config_yaml(self.pod_cidr, node_ip="127.0.0.1", debug=debug))
+        self.kwok_port = free_port()
+        # The fake nodes' kubelet API: logs, exec, attach, port-forward and resource metrics.
         kw = Process("kwok", [
             str(self.bin / "kwok"),
             f"--kubeconfig={kc}",
             f"--config={kwok_cfg}",
-            f"--server-address=127.0.0.1:{free_port()}",
+            f"--server-address=127.0.0.1:{self.kwok_port}",
+            f"--node-port={self.kwok_port}",
+            f"--tls-cert-file={p.kwok_cert}",
+            f"--tls-private-key-file={p.kwok_key}",
         ], self.dir / "kwok.log")
         for proc in (kcm, sched, kw):
             self.processes[proc.name] = proc
@@ -386,13 +426,7 @@ class LocalCluster(Supervised, KubeconfigClients):
         self._start_apiserver(self._pki(), keep_port=True)
 
     def _pki(self) -> pki.ClusterPKI:
-        d = self.dir / "pki"
-        return pki.ClusterPKI(
-            ca_cert=d / "ca.crt", ca_key=d / "ca.key", apiserver_cert=d / "apiserver.crt",
-            apiserver_key=d / "apiserver.key", admin_cert=d / "admin.crt", admin_key=d / "admin.key",
-            kubelet_client_cert=d / "kubelet-client.crt", kubelet_client_key=d / "kubelet-client.key",
-            sa_key=d / "sa.key", sa_pub=d / "sa.pub",
-        )
+        return pki.paths(self.dir / "pki")
 
     # --- teardown ----------------------------------------------------------------------
 
@@ -404,10 +438,14 @@ class LocalCluster(Supervised, KubeconfigClients):
 
     def stop(self) -> None:
         self.close_clients()
-        for name in ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in ("metrics-server", "kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver",
+                     "etcd"):
             proc = self.processes.get(name)
             if proc is not None:
                 proc.stop()
+        if self.echo is not None:
+            self.echo.stop()
+            self.echo = None
         stray = [n for n, p in self.processes.items() if p.alive()]
         if stray:
             raise RuntimeError(f"cluster {self.name}: processes still running after stop: {stray}")

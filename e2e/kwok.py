@@ -250,7 +250,73 @@ def stages() -> list[dict[str, Any]]:
     ]
 
 
-def config_yaml(pod_cidr: str, node_ip: str) -> str:
+#: kwok serves every fake node's resource metrics under one port, a path per node; metrics-server
+#: reads the path from this node annotation.
+METRICS_PATH_ANNOTATION = "metrics.k8s.io/resource-metrics-path"
+#: Pod annotations that set the usage kwok simulates (kwok's own ``usage-from-annotation`` rule).
+USAGE_CPU_ANNOTATION = "kwok.x-k8s.io/usage-cpu"
+USAGE_MEMORY_ANNOTATION = "kwok.x-k8s.io/usage-memory"
+
+
+@dataclasses.dataclass(frozen=True)
+class DebugFiles:
+    """What kwok's kubelet API serves for every fake pod: logs, attach output, exec, port-forward."""
+
+    logs: str
+    previous_logs: str
+    attach: str
+    exec_dir: str
+    #: port-forward connects to this local TCP port (an echo server in the harness).
+    forward_port: int
+
+
+def _rule(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+def _metric(name: str, dimension: str, kind: str, value: str, labels: tuple[str, ...]) -> dict[str, Any]:
+    sources = {"container": "container.name", "namespace": "pod.metadata.namespace", "pod": "pod.metadata.name"}
+    return {"name": name, "dimension": dimension, "kind": kind, "help": name, "value": value,
+            "labels": [{"name": label, "value": sources[label]} for label in labels]}
+
+
+def debugging_rules(files: DebugFiles) -> list[dict[str, Any]]:
+    """kwok's ClusterLogs/Attach/Exec/PortForward rules, and usage plus ``/metrics/resource`` for metrics-server."""
+    container = ("container", "namespace", "pod")
+    pod = ("namespace", "pod")
+    usage = {
+        resource: {"expression": f'"{annotation}" in pod.metadata.annotations ? '
+                                 f'Quantity(pod.metadata.annotations["{annotation}"]) : Quantity("{default}")'}
+        for resource, annotation, default in (("cpu", USAGE_CPU_ANNOTATION, "1m"),
+                                              ("memory", USAGE_MEMORY_ANNOTATION, "1Mi"))
+    }
+    return [
+        _rule("ClusterLogs", "logs", {"logs": [{"logsFile": files.logs, "previousLogsFile": files.previous_logs,
+                                                 "follow": True}]}),
+        _rule("ClusterAttach", "attach", {"attaches": [{"logsFile": files.attach}]}),
+        _rule("ClusterExec", "exec", {"execs": [{"local": {"workDir": files.exec_dir}}]}),
+        _rule("ClusterPortForward", "port-forward", {"forwards": [
+            {"target": {"address": "127.0.0.1", "port": files.forward_port}}]}),
+        _rule("ClusterResourceUsage", "usage-from-annotation", {"usages": [{"usage": usage}]}),
+        _rule("Metric", "metrics-resource", {
+            "path": "/metrics/nodes/{nodeName}/metrics/resource",
+            "metrics": [
+                _metric("scrape_error", "node", "gauge", "0", ()),
+                _metric("container_start_time_seconds", "container", "gauge", "pod.SinceSecond()", container),
+                _metric("container_cpu_usage_seconds_total", "container", "counter",
+                        'pod.CumulativeUsage("cpu", container.name)', container),
+                _metric("container_memory_working_set_bytes", "container", "gauge",
+                        'pod.Usage("memory", container.name)', container),
+                _metric("pod_cpu_usage_seconds_total", "pod", "counter", 'pod.CumulativeUsage("cpu")', pod),
+                _metric("pod_memory_working_set_bytes", "pod", "gauge", 'pod.Usage("memory")', pod),
+                _metric("node_cpu_usage_seconds_total", "node", "counter", 'node.CumulativeUsage("cpu")', ()),
+                _metric("node_memory_working_set_bytes", "node", "gauge", 'node.Usage("memory")', ()),
+            ],
+        }),
+    ]
+
+
+def config_yaml(pod_cidr: str, node_ip: str, debug: DebugFiles | None = None) -> str:
     """The multi-document file given to ``kwok --config``."""
     docs: list[dict[str, Any]] = [
         {
@@ -266,9 +332,12 @@ def config_yaml(pod_cidr: str, node_ip: str) -> str:
                 "nodeLeaseParallelism": 4,
                 "nodePlayStageParallelism": 4,
                 "podPlayStageParallelism": 8,
+                # Logs, exec, attach and port-forward of fake pods (off by default when a config is given).
+                "enableDebuggingHandlers": debug is not None,
             },
         },
         *stages(),
+        *(debugging_rules(debug) if debug is not None else []),
     ]
     return str(yaml.safe_dump_all(docs, sort_keys=False))
 
@@ -294,7 +363,8 @@ class NodeSpec:
             "kind": "Node",
             "metadata": {
                 "name": self.name,
-                "annotations": {MANAGED_ANNOTATION: MANAGED_VALUE, "node.alpha.kubernetes.io/ttl": "0"},
+                "annotations": {MANAGED_ANNOTATION: MANAGED_VALUE, "node.alpha.kubernetes.io/ttl": "0",
+                                METRICS_PATH_ANNOTATION: f"/metrics/nodes/{self.name}/metrics/resource"},
                 "labels": {
                     "kubernetes.io/hostname": self.name,
                     "kubernetes.io/os": "linux",
@@ -307,5 +377,8 @@ class NodeSpec:
                 },
             },
             "spec": {"taints": list(self.taints), "unschedulable": self.unschedulable},
-            "status": {"capacity": resources, "allocatable": resources},
+            # Only an address the apiserver can dial: it tries Hostname first and a fake node's name
+            # does not resolve (kwok would add one when none is given).
+            "status": {"capacity": resources, "allocatable": resources,
+                       "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]},
         }

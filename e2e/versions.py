@@ -9,3 +9,5 @@ from __future__ import annotations
 KUBERNETES = "v1.34.4"
 ETCD = "v3.6.4"
 KWOK = "v0.8.0"
+#: Built from its Go module (it publishes images only, no binaries); serves metrics.k8s.io where a test asks.
+METRICS_SERVER = "v0.8.0"

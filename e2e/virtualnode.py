@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from e2e import pki
 from e2e.cluster import LocalCluster
 from e2e.metrics import Samples, scrape
 from e2e.process import Process, Supervised, free_port
@@ -27,6 +28,7 @@ class VirtualNodeProcess(Supervised):
         log_dir: Path | None = None,
         upper_env: dict[str, str] | None = None,
         upper_kubeconfig: Path | None = None,
+        verified_serving_cert: bool = True,
     ) -> None:
         self.upper = upper
         self.lower = lower
@@ -37,8 +39,23 @@ class VirtualNodeProcess(Supervised):
         self.upper_env = upper_env
         self.upper_kubeconfig = upper_kubeconfig or upper.kubeconfig
         self.metrics_port = 0
+        self.kubelet_port = free_port()
+        #: Serve the kubelet API with a certificate the upper apiserver verifies (else self-signed).
+        self.verified_serving_cert = verified_serving_cert
         self.proc: Process | None = None
         self.label = f"virtual node {name} ({self.log_path})"
+
+    def serving_args(self) -> list[str]:
+        args = [f"--client-ca-file={self.upper.ca_file}"]
+        if self.verified_serving_cert:
+            d = self.upper.dir / "pki"
+            cert, key = d / f"kubelet-{self.name}.crt", d / f"kubelet-{self.name}.key"
+            if not cert.exists():
+                pki.write_kubelet_serving(pki.paths(d), self.name, ["127.0.0.1"], cert, key)
+            args += [f"--tls-cert-file={cert}", f"--tls-private-key-file={key}"]
+        else:
+            args.append(f"--cert-dir={self.upper.dir / f'kubelet-{self.name}-self-signed'}")
+        return args
 
     def argv(self) -> list[str]:
         return [
@@ -48,7 +65,9 @@ class VirtualNodeProcess(Supervised):
             f"--client-kubeconfig={self.lower.kubeconfig}",
             "--node-ip=127.0.0.1",
             f"--metrics-addr=127.0.0.1:{self.metrics_port}",
-            f"--kubelet-port={free_port()}",
+            "--kubelet-address=127.0.0.1",
+            f"--kubelet-port={self.kubelet_port}",
+            *self.serving_args(),
             *self.extra_args,
         ]
 

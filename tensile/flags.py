@@ -82,6 +82,17 @@ def positive_int(value: str) -> int:
     return number
 
 
+def port(value: str) -> int:
+    """A TCP port, 0 to 65535."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} is out of range 0-65535")
+    return number
+
+
 def deprecated(parser: Any, old: str, new: str, convert: Callable[[str], Any] = str, **kw: Any) -> None:
     """``old`` still works, sets ``new``'s value (through ``convert``) and warns like kubectl does."""
 

@@ -17,6 +17,7 @@ from tensile.controllers.context import Config
 from tensile.kube.client import SERVICEACCOUNT_DIR
 from tensile.kube.errors import ApiError
 from tensile.kube.leader import LeaderElectionConfig
+from tensile.kubelet.server import ServingOptions
 
 log = logging.getLogger("tensile")
 
@@ -50,7 +51,29 @@ def register(subparsers: Any) -> None:
     p.add_argument("--disable-taint", action="store_true", help="do not taint the virtual Node")
     p.add_argument("--node-ip", default=os.environ.get("VKUBELET_POD_IP", ""),
                    help="address advertised for the kubelet API (default: $VKUBELET_POD_IP or this host's)")
-    p.add_argument("--kubelet-port", type=int, default=10250, help="kubelet API port advertised in the Node")
+    k = p.add_argument_group("kubelet API (logs, exec, attach, port-forward, stats)")
+    k.add_argument("--kubelet-port", type=flags.port, default=10250,
+                   help="port of the kubelet API, served over HTTPS and advertised in the Node (default 10250; "
+                        "0: serve none)")
+    k.add_argument("--kubelet-address", default="0.0.0.0",
+                   help="address the kubelet API binds to, like the kubelet's --address (default 0.0.0.0)")
+    k.add_argument("--tls-cert-file", default="",
+                   help="serving certificate of the kubelet API, with an IP or DNS SAN for --node-ip, signed by the "
+                        "CA the upper apiserver's --kubelet-certificate-authority names (default: self-signed)")
+    k.add_argument("--tls-private-key-file", default="", help="key of --tls-cert-file")
+    k.add_argument("--cert-dir", default="",
+                   help="where a self-signed serving certificate is written (default: a private temporary directory)")
+    k.add_argument("--client-ca-file", default="",
+                   help="client certificates signed by this CA authenticate (the upper apiserver's "
+                        "--kubelet-client-certificate is signed by the upper cluster's CA)")
+    k.add_argument("--authentication-token-webhook", nargs="?", const=True, default=True, type=flags.parse_bool,
+                   metavar="BOOL", help="authenticate bearer tokens with a TokenReview in the upper cluster (default "
+                                        "true)")
+    k.add_argument("--anonymous-auth", nargs="?", const=True, default=False, type=flags.parse_bool, metavar="BOOL",
+                   help="let requests without credentials through as system:anonymous (default false: 401)")
+    k.add_argument("--authorization-mode", choices=("Webhook", "AlwaysAllow"), default="Webhook",
+                   help="Webhook: a SubjectAccessReview in the upper cluster for nodes/proxy, nodes/stats, ... of this "
+                        "node, as the kubelet; AlwaysAllow: every authenticated caller (default Webhook)")
     flags.add_metrics_flag(p, ":10255", "virtual node")
     flags.deprecated(p, "--metrics-port", "--metrics-addr", convert=_port_to_addr)
     p.add_argument("--qps", type=float, default=200.0, help="upper cluster client QPS")
@@ -164,6 +187,17 @@ def capacity_profile(args: argparse.Namespace) -> bool:
     return bool(args.capacity_profile) if args.capacity_profile is not None else not args.node_credentials
 
 
+def serving_options(args: argparse.Namespace) -> ServingOptions | None:
+    if not args.kubelet_port:
+        return None
+    return ServingOptions(
+        address=args.kubelet_address, port=args.kubelet_port,
+        cert_file=args.tls_cert_file, key_file=args.tls_private_key_file, client_ca_file=args.client_ca_file,
+        anonymous=args.anonymous_auth, token_webhook=args.authentication_token_webhook,
+        authorization_mode=args.authorization_mode,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         logs.setup(args.log_level, args.log_format)
@@ -180,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
         taint=not args.disable_taint,
         node_ip=args.node_ip,
         kubelet_port=args.kubelet_port,
+        kubelet=serving_options(args),
+        cert_dir=args.cert_dir,
         metrics_addr=args.metrics_addr,
         lower_unreachable_grace=args.lower_unreachable_grace,
         lease_duration=args.node_lease_duration_seconds,
@@ -212,6 +248,13 @@ def run(args: argparse.Namespace) -> int:
         print("tensile virtual-node: --node-lease-renew-interval must be shorter than --node-lease-duration-seconds",
               file=sys.stderr)
         return 2
+    if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
+        print("tensile virtual-node: give --tls-cert-file and --tls-private-key-file together", file=sys.stderr)
+        return 2
+    for f in (args.tls_cert_file, args.tls_private_key_file, args.client_ca_file):
+        if f and not os.path.isfile(f):
+            print(f"tensile virtual-node: {f} does not exist", file=sys.stderr)
+            return 2
     for f in (args.kubeconfig, args.client_kubeconfig):
         if f and not kubeconfig_exists(f):
             print(f"tensile virtual-node: kubeconfig {f} does not exist", file=sys.stderr)

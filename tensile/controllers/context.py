@@ -21,6 +21,7 @@ from tensile.kube.events import EventRecorder
 from tensile.kube.informer import NAMESPACE, Informer, namespace_index
 from tensile.kube.leader import LeaderElectionConfig
 from tensile.kube.objects import ObjectWatches
+from tensile.kubelet.server import ServingOptions
 from tensile.quantity import ResourceList
 from tensile.translate import Owner
 
@@ -43,6 +44,10 @@ class Config:
     taint: bool = True
     node_ip: str = ""
     kubelet_port: int = 10250
+    #: How the kubelet API is served (address, certificates, authn/authz); None: not served.
+    kubelet: ServingOptions | None = None
+    #: Where a self-signed serving certificate is written when none is given.
+    cert_dir: str = ""
     #: Where /metrics, /healthz and /readyz are served; None: nowhere.
     metrics_addr: tuple[str, int] | None = ("0.0.0.0", 10255)
     lower_unreachable_grace: float = 40.0

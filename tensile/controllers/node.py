@@ -14,6 +14,7 @@ as a ping succeeds. If someone deletes the Node, it is registered again.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from typing import Any
@@ -64,6 +65,21 @@ def node_manifest(ctx: Context, arch: str, os_name: str) -> JSON:
         "metadata": {"name": cfg.node_name, "labels": labels},
         "spec": {"taints": taints},
     }
+
+
+def node_addresses(node_ip: str) -> list[JSON]:
+    """Only an address the upper apiserver can dial as given.
+
+    kube-apiserver tries a node's addresses in its ``--kubelet-preferred-address-types`` order,
+    Hostname first by default, and does not fall back when a name does not resolve. A virtual
+    node's name is not a host name, so no ``Hostname`` address is published: an IP goes in as
+    ``InternalIP``, and a name the operator gave (``--node-ip=vk.example.net``) as ``Hostname``.
+    """
+    try:
+        ipaddress.ip_address(node_ip)
+    except ValueError:
+        return [{"type": "Hostname", "address": node_ip}] if node_ip else []
+    return [{"type": "InternalIP", "address": node_ip}]
 
 
 def provider_taint() -> JSON:
@@ -174,10 +190,7 @@ class NodeController:
             "capacity": cap,
             "allocatable": alloc,
             "conditions": conditions(ready, reason, message, previous.get("conditions") or []),
-            "addresses": [
-                {"type": "InternalIP", "address": self.ctx.config.node_ip},
-                {"type": "Hostname", "address": self.name},
-            ],
+            "addresses": node_addresses(self.ctx.config.node_ip),
             "daemonEndpoints": {"kubeletEndpoint": {"Port": self.ctx.config.kubelet_port}},
             "nodeInfo": {
                 "architecture": capacity.node_labels_majority(nodes, c.ARCH_LABEL, "amd64"),

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import signal
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from tensile.controllers.context import Config, Context, default_node_ip
 from tensile.controllers.copies import LowerCopies
 from tensile.controllers.dependencies import DependencyController
+from tensile.controllers.kubelet import ContextPods
 from tensile.controllers.metrics import VirtualNodeCollector
 from tensile.controllers.namespaces import NamespaceEnsurer
 from tensile.controllers.node import NODE_LOOPS, NodeController
@@ -34,6 +38,8 @@ from tensile.kube.leader import LeaderElector
 from tensile.kube.metrics import ApiMetrics, MachineryCollector, new_registry
 from tensile.kube.serving import OpsServer
 from tensile.kube.supervisor import Supervisor
+from tensile.kubelet import tls
+from tensile.kubelet.server import KubeletServer
 
 log = logging.getLogger("tensile")
 
@@ -82,6 +88,8 @@ class VirtualNode:
         self.elector: LeaderElector | None = None
         self.supervisor = Supervisor(f"virtual-node {config.node_name}")
         self._server: OpsServer | None = None
+        self.kubelet: KubeletServer | None = None
+        self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
         #: Caches synced; writers (node heartbeat, workers) running: this replica leads, or runs alone.
         self.synced = False
         self.writing = False
@@ -183,6 +191,7 @@ class VirtualNode:
         await asyncio.wait_for(asyncio.gather(*(inf.wait_synced() for inf in ctx.informers())),
                                cfg.startup_timeout or None)
         self.synced = True
+        await self._serve_kubelet_api(ctx)
         log.info("caches synced", extra={"node": cfg.node_name, "cluster": cfg.cluster_id,
                                          "upper_cluster": upper_id})
         if self.elector is None:
@@ -208,6 +217,10 @@ class VirtualNode:
             steps.append(("leader election", self.elector.release))
         if self.ctx is not None:
             steps.append(("heartbeat client", self.ctx.heartbeat.close))
+        if self.kubelet is not None:
+            steps.append(("kubelet API", self.kubelet.stop))
+        if self._cert_dir is not None:
+            steps.append(("self-signed certificate", self._remove_cert_dir))
         if self._server is not None:
             steps.append(("health server", self._server.stop))
         steps += [("upper client", self.upper.close), ("lower client", self.lower.close)]
@@ -243,6 +256,28 @@ class VirtualNode:
         if self.node is not None and self.writing and not self.node.lease_fresh():
             reasons.append("the node Lease was not renewed within its duration")
         return reasons
+
+    async def _remove_cert_dir(self) -> None:
+        if self._cert_dir is not None:
+            self._cert_dir.cleanup()
+            self._cert_dir = None
+
+    async def _serve_kubelet_api(self, ctx: Context) -> None:
+        """Every replica serves it (reads and streams only); the Node points at the leader's address."""
+        options = self.config.kubelet
+        if options is None:
+            return
+        if not options.cert_file:
+            options = dataclasses.replace(options)
+            if self.config.cert_dir:
+                directory = Path(self.config.cert_dir)
+            else:
+                self._cert_dir = tempfile.TemporaryDirectory(prefix="tensile-kubelet-")
+                directory = Path(self._cert_dir.name)
+            cert, key = tls.self_signed(directory, self.config.node_name, [self.config.node_ip])
+            options.cert_file, options.key_file = str(cert), str(key)
+        self.kubelet = KubeletServer(options, ContextPods(ctx), self.upper, self.lower, self.registry)
+        await self.kubelet.start()
 
     async def _serve(self) -> None:
         if self.config.metrics_addr is None:

@@ -12,13 +12,14 @@ watch stream that splits on newlines itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
@@ -346,6 +347,60 @@ class Kube:
 
     async def delete(self, url_path: str, body: JSON | None = None) -> JSON:
         return await self.request("DELETE", url_path, body=body)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, url_path: str, params: list[tuple[str, str]] | Mapping[str, str], *, read_timeout: float | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A GET whose body is read as it comes (a pod's log): the open response, status < 400.
+
+        ``read_timeout``: how long the body may stay silent (None: forever, for ``follow``).
+        Raises :class:`ApiError` with the server's own status and message otherwise.
+        """
+        await self.limiter.acquire()
+        self.requests += 1
+        headers = {**await self._headers(None), "Accept": "*/*"}
+        started = time.monotonic()
+        try:
+            async with self.session.get(
+                self.host + url_path, params=params, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout),
+                **self._route(),
+            ) as resp:
+                self._observe("GET", url_path, resp.status, time.monotonic() - started)
+                if resp.status >= 400:
+                    raise ApiError.from_response(resp.status, await resp.content.read(64 * 1024), "GET", url_path)
+                yield resp
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ApiError.connection(exc, "GET", url_path) from exc
+
+    async def auth_headers(self) -> dict[str, str]:
+        """The credentials' own headers (``Authorization`` for a token), for requests sent by hand."""
+        headers = await self._headers(None)
+        return {k: v for k, v in headers.items() if k == "Authorization"}
+
+    async def dial(self, timeout: float = 30.0) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+        """A raw connection to the apiserver (TLS with these credentials), and its ``Host`` header value.
+
+        For requests aiohttp cannot make: an upgrade to SPDY/3.1 whose bytes are then spliced.
+        A kubeconfig ``proxy-url`` is not supported here; that is said, not ignored.
+        """
+        if getattr(self.config, "proxy", None):
+            raise ApiError(501, "ProxyUnsupported", f"cluster {self.name}: streams (exec, attach, port-forward) "
+                                                    "cannot go through the kubeconfig's proxy-url yet")
+        url = urlsplit(self.host)
+        tls = url.scheme == "https"
+        host = url.hostname or "localhost"
+        port = url.port or (443 if tls else 80)
+        ctx = self._ssl_context()
+        server_hostname = (getattr(self.config, "tls_server_name", None) or host) if tls else None
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                host, port, ssl=ctx if tls and isinstance(ctx, ssl.SSLContext) else None,
+                server_hostname=server_hostname, limit=2 ** 20), timeout)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise ApiError.connection(exc, "CONNECT", self.host) from exc
+        return reader, writer, url.netloc
 
     async def watch(
         self, url_path: str, params: Mapping[str, str | int], timeout: float, silence: float | None = None
