@@ -4,22 +4,28 @@ Brings up an upper and a lower cluster (real control planes, kwok nodes),
 the webhook and a virtual node between them, applies a sample workload
 upstairs (a Deployment with a ConfigMap, a Secret, a PVC and a Service, and
 only the ``virtual-pod=true`` label to opt in), shows it reaching Running
-upstairs and downstairs, then prints both kubeconfigs and waits for Ctrl-C.
+upstairs and downstairs, shows ``kubectl logs``, ``kubectl exec`` and ``kubectl top pod``
+answered through the virtual node (metrics-server runs in both clusters), then prints both
+kubeconfigs and waits for Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from e2e import kwok
 from e2e.cluster import LocalCluster
 from e2e.kube_helpers import create_namespace
 from e2e.kwok import NodeSpec
+from e2e.metricsserver import MetricsServer
 from e2e.virtualnode import VirtualNodeProcess
 from e2e.webhookproc import WebhookProcess
 from tensile import conventions as c
@@ -47,7 +53,9 @@ def sample_workload(upper: LocalCluster, lower: LocalCluster) -> None:
     upper.apps.create_namespaced_deployment(NS, {
         "metadata": {"name": APP},
         "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
+            "metadata": {"labels": labels,
+                         # The usage kwok simulates downstairs; `kubectl top pod` upstairs shows it.
+                         "annotations": {kwok.USAGE_CPU_ANNOTATION: "120m", kwok.USAGE_MEMORY_ANNOTATION: "48Mi"}},
             "spec": {
                 "nodeSelector": {"disktype": "ssd"},  # a lower-node label: the webhook sets it aside
                 "containers": [{
@@ -100,6 +108,36 @@ def summary(upper: LocalCluster, lower: LocalCluster) -> None:
     print(f"  copied into the lower cluster: {', '.join(sorted(copies))}")
 
 
+def _kubectl(cluster: LocalCluster, *args: str) -> str:
+    proc = subprocess.run(["kubectl", f"--kubeconfig={cluster.kubeconfig}", *args], capture_output=True, text=True,
+                          timeout=30)
+    return (proc.stdout + proc.stderr).rstrip()
+
+
+def through_the_virtual_node(upper: LocalCluster, lower: LocalCluster, metrics_timeout: float) -> None:
+    """kubectl logs, exec and top against the upper cluster, answered by the lower one."""
+    if not shutil.which("kubectl"):
+        print("\n(kubectl is not on PATH: skipping the logs, exec and top examples)")
+        return
+    pod = upper.core.list_namespaced_pod(NS, label_selector=f"app={APP}").items[0].metadata.name
+    lower.write_pod_log(["shop listening on :8080", f"connected to the database as {APP}"])
+    kc = f"kubectl --kubeconfig {upper.kubeconfig}"
+    print("\nThrough the virtual node's kubelet API (relayed to the lower apiserver):")
+    print(f"  $ {kc} logs -n {NS} {pod}")
+    print("    " + _kubectl(upper, "logs", "-n", NS, pod).replace("\n", "\n    "))
+    print(f"  $ {kc} exec -n {NS} {pod} -- sh -c 'echo hello from $(hostname)'")
+    print("    " + _kubectl(upper, "exec", "-n", NS, pod, "--", "sh", "-c", "echo hello from the lower cluster"))
+    print(f"  $ {kc} top pod -n {NS}")
+    deadline = time.monotonic() + metrics_timeout
+    top = ""
+    while time.monotonic() < deadline:
+        top = _kubectl(upper, "top", "pod", "-n", NS)
+        if pod in top and " 0m " not in top:
+            break
+        time.sleep(3)
+    print("    " + top.replace("\n", "\n    "))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--no-wait", action="store_true", help="exit after the workload runs (for tests/CI)")
@@ -113,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
                          root=root)
     with upper, lower:
         print(f"  upper: {upper.server}\n  lower: {lower.server}")
+        metrics = [MetricsServer(cluster) for cluster in (lower, upper)]
+        try:
+            for server in metrics:
+                server.start()
+            print("metrics-server running in both clusters (kubectl top, HPA)")
+        except RuntimeError as exc:
+            print(f"metrics-server not started ({exc}); kubectl top will not work")
+            metrics = []
         with WebhookProcess(upper), VirtualNodeProcess(upper, lower, VK) as vn:
             print(f"webhook installed; virtual node {VK} registered (log: {vn.log_path})")
             sample_workload(upper, lower)
@@ -125,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 upper.failed = lower.failed = True
                 return 1
             summary(upper, lower)
+            through_the_virtual_node(upper, lower, args.timeout if metrics else 0)
             print(f"\nall Running. Try:\n  kubectl --kubeconfig {upper.kubeconfig} get nodes,pods -A -o wide\n"
                   f"  kubectl --kubeconfig {lower.kubeconfig} get pods,cm,secret,pvc,svc -n {NS} -o wide")
             if args.no_wait:

@@ -55,6 +55,9 @@ def virtual_node_rbac(node: str, namespace: str = "tensile-system",
         # Its capacity profile for the scheduler extender (the CRD is installed by an admin).
         _rule([c.PROFILE_PLURAL], ["create"], group=c.PROFILE_GROUP),
         _rule([c.PROFILE_PLURAL], ["get", "patch"], [node], group=c.PROFILE_GROUP),
+        # The kubelet API checks its callers with the upper cluster, as the kubelet's webhook authn/authz.
+        _rule(["tokenreviews"], ["create"], group="authentication.k8s.io"),
+        _rule(["subjectaccessreviews"], ["create"], group="authorization.k8s.io"),
     ]
     lease_rules = [
         _rule(["leases"], ["create"], group="coordination.k8s.io"),

@@ -175,3 +175,20 @@ async def test_a_fence_that_closes_while_a_write_is_on_its_way_stops_the_body_an
     finally:
         await kube.close()
     assert received == ["DELETE"]
+
+
+def test_kubelet_api_series_follow_the_conventions() -> None:
+    from tensile.kubelet.metrics import KubeletMetrics, route_label
+
+    registry = CollectorRegistry()
+    m = KubeletMetrics(registry)
+    m.requests.labels(route_label("exec"), "101").inc()
+    m.requests.labels(route_label("some/pod/path"), "404").inc()
+    m.duration.labels("exec").observe(0.1)
+    m.streams.labels("exec").inc()
+    m.bytes.labels("exec", "up").inc(10)
+    m.reviews.labels("TokenReview").inc()
+    assert convention_problems(registry) == []
+    families = _families(registry)
+    routes = {s.labels["route"] for s in families["tensile_kubelet_requests"].samples}
+    assert routes == {"exec", "other"}  # never a path or a pod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +23,8 @@ def test_demo_runs_the_sample_workload_end_to_end(tmp_path: Path) -> None:
     assert "lower: node=lower-ssd nodeSelector={'disktype': 'ssd'}" in out
     assert "configmap/shop-config" in out and "secret/shop-db" in out
     assert "pvc/shop-data(Bound)" in out and "service/shop" in out
+    # kubectl logs, exec and top upstairs, answered by the lower cluster through the kubelet API.
+    assert "shop listening on :8080" in out
+    assert "hello from the lower cluster" in out
+    top = out[out.index("top pod -n demo"):]
+    assert re.search(r"shop-\S+\s+1[0-9]{2}m\s+48Mi", top), top

@@ -256,9 +256,9 @@ class KubeletServer:
     async def _stream(self, request: web.Request, target: paths.Target) -> web.StreamResponse:
         if request.method not in ("GET", "POST"):
             return _text(405, f"{target.route}: only GET and POST")
+        _, lower_path = self._resolve(target)
         if "upgrade" not in request.headers.get("Connection", "").lower() or not request.headers.get("Upgrade"):
             return _text(400, "Upgrade request required")
-        _, lower_path = self._resolve(target)
         query = urlencode(paths.lower_query(target, list(request.query.items())))
         reader, writer, host = await self.lower.dial()
         try:
