@@ -46,6 +46,7 @@ demo: binaries
 bench: binaries
 	$(PY) bench/pods.py
 	$(PY) bench/scheduler.py
+	$(PY) bench/kubelet.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

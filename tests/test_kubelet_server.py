@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kubernetes_asyncio.client import Configuration
@@ -387,3 +388,26 @@ def test_fuzzed_requests_never_get_a_500(live: tuple[int, tuple[str, str], Rig],
         assert resp.status < 500, (method, path, resp.status)
     finally:
         conn.close()
+
+
+async def test_a_rotated_serving_certificate_is_loaded_and_a_broken_one_is_not(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        assert r.server.reload_certificates() is False  # unchanged
+        cert = Path(r.server.options.cert_file)
+        key = Path(r.server.options.key_file)
+        tls.self_signed(cert.parent, "vk-renewed", ["127.0.0.1"])
+
+        async def served_cn() -> str:
+            _, writer = await asyncio.open_connection("127.0.0.1", r.server.port, ssl=r.ssl())
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            writer.close()
+            assert der is not None
+            return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+        assert await served_cn() == "CN=vk"
+        assert r.server.reload_certificates() is True
+        assert await served_cn() == "CN=vk-renewed"
+        key.write_text("not a key")
+        assert r.server.reload_certificates() is False
+        assert await served_cn() == "CN=vk-renewed"  # the old pair keeps serving
+        assert (await _get(r, "/healthz", cert=True)) == (200, "ok")

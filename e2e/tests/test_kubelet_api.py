@@ -106,7 +106,7 @@ def _open_fds(vn: VirtualNodeProcess) -> int:
 
 def test_node_publishes_only_an_address_the_apiserver_can_dial(federation: Fed) -> None:
     upper, _, vn = federation
-    node = upper.core.read_node(VK)
+    node = wait_for(lambda: (n := upper.core.read_node(VK)).status.addresses and n, 30, what="node status written")
     assert [(a.type, a.address) for a in node.status.addresses] == [("InternalIP", "127.0.0.1")]
     assert node.status.daemon_endpoints.kubelet_endpoint.port == vn.kubelet_port
 

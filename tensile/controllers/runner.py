@@ -276,8 +276,11 @@ class VirtualNode:
                 directory = Path(self._cert_dir.name)
             cert, key = tls.self_signed(directory, self.config.node_name, [self.config.node_ip])
             options.cert_file, options.key_file = str(cert), str(key)
-        self.kubelet = KubeletServer(options, ContextPods(ctx), self.upper, self.lower, self.registry)
-        await self.kubelet.start()
+        kubelet = KubeletServer(options, ContextPods(ctx), self.upper, self.lower, self.registry)
+        await kubelet.start()
+        self.kubelet = kubelet
+        self.supervisor.spawn("kubelet certificates", kubelet.watch_certificates,
+                              progress=lambda: kubelet.certificates_checked, stall_after=300.0)
 
     async def _serve(self) -> None:
         if self.config.metrics_addr is None:

@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import datetime
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -107,6 +108,8 @@ class KubeletServer:
         self._metrics_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._cert_stamp: tuple[tuple[int, int], ...] = ()
+        self.certificates_checked = time.monotonic()
         #: Streams being relayed now (their handler tasks), for shutdown and leak checks.
         self.streams: set[asyncio.Task[Any]] = set()
         self.port = 0
@@ -123,6 +126,7 @@ class KubeletServer:
 
     async def start(self) -> None:
         self._ssl = ssl_context(self.options)
+        self._cert_stamp = self._stamp()
         # handler_cancellation: a log follow ends when its caller goes away.
         self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True,
                                      shutdown_timeout=5.0)
@@ -134,10 +138,39 @@ class KubeletServer:
         log.info("kubelet API serving on https://%s:%d", self.options.address, self.port,
                  extra={"node": self.pods.node_name})
 
-    def reload_certificates(self) -> None:
-        """New connections get the serving certificate now on disk (a rotated one)."""
-        if self._ssl is not None:
+    def _stamp(self) -> tuple[tuple[int, int], ...]:
+        stamps = []
+        for f in (self.options.cert_file, self.options.key_file):
+            st = os.stat(f)
+            stamps.append((st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
+
+    def reload_certificates(self) -> bool:
+        """New connections get the serving certificate now on disk, if it changed; True when reloaded.
+
+        A pair that does not load (a renewal caught half-written) keeps the old one serving.
+        """
+        if self._ssl is None:
+            return False
+        try:
+            stamp = self._stamp()
+            if stamp == self._cert_stamp:
+                return False
             self._ssl.load_cert_chain(self.options.cert_file, self.options.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("kubelet serving certificate not reloaded, the old one keeps serving: %s", exc,
+                        extra={"node": self.pods.node_name})
+            return False
+        self._cert_stamp = stamp
+        log.info("kubelet serving certificate reloaded", extra={"node": self.pods.node_name})
+        return True
+
+    async def watch_certificates(self, interval: float = 30.0) -> None:
+        """Reload a rotated serving certificate (cert-manager, a renewal job) without a restart."""
+        while True:
+            await asyncio.sleep(interval)
+            self.reload_certificates()
+            self.certificates_checked = time.monotonic()
 
     async def stop(self) -> None:
         for task in list(self.streams):
