@@ -337,6 +337,10 @@ class LocalCluster(Supervised, KubeconfigClients):
             f"--authorization-kubeconfig={kc}",
             f"--service-account-private-key-file={p.sa_key}",
             f"--root-ca-file={p.ca_cert}",
+            # Kubelet serving certificates (kubernetes.io/kubelet-serving CSRs), trusted by the
+            # apiserver's --kubelet-certificate-authority.
+            f"--cluster-signing-kubelet-serving-cert-file={p.kubelet_ca_cert}",
+            f"--cluster-signing-kubelet-serving-key-file={p.kubelet_ca_key}",
             "--leader-elect=false",
             "--bind-address=127.0.0.1",
             f"--secure-port={free_port()}",

@@ -58,6 +58,8 @@ def virtual_node_rbac(node: str, namespace: str = "tensile-system",
         # The kubelet API checks its callers with the upper cluster, as the kubelet's webhook authn/authz.
         _rule(["tokenreviews"], ["create"], group="authentication.k8s.io"),
         _rule(["subjectaccessreviews"], ["create"], group="authorization.k8s.io"),
+        # --rotate-server-certificates: its serving certificate (an admin approves it).
+        _rule(["certificatesigningrequests"], ["create", "get"], group="certificates.k8s.io"),
     ]
     lease_rules = [
         _rule(["leases"], ["create"], group="coordination.k8s.io"),

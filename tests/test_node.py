@@ -29,3 +29,12 @@ def test_condition_transition_time_moves_only_on_flip() -> None:
     assert same[0]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
     flipped = conditions(False, "LowerClusterUnreachable", "down", same)
     assert flipped[0]["status"] == "False" and flipped[0]["lastTransitionTime"] != "2020-01-01T00:00:00Z"
+
+
+def test_the_node_publishes_only_addresses_the_apiserver_can_dial() -> None:
+    from tensile.controllers.node import node_addresses
+
+    assert node_addresses("10.0.0.5") == [{"type": "InternalIP", "address": "10.0.0.5"}]
+    assert node_addresses("fd00::5") == [{"type": "InternalIP", "address": "fd00::5"}]
+    assert node_addresses("vk.example.net") == [{"type": "Hostname", "address": "vk.example.net"}]
+    assert node_addresses("") == []

@@ -77,3 +77,36 @@ def test_bind_addresses() -> None:
     for bad in ("8080", "host:", "host:70000"):
         with pytest.raises(argparse.ArgumentTypeError):
             flags.parse_bind_address(bad)
+
+
+def test_kubelet_api_flags_have_the_kubelets_names_and_defaults() -> None:
+    from tensile.controllers.cli import serving_options
+
+    options = serving_options(parse())
+    assert options is not None
+    assert (options.address, options.port) == ("0.0.0.0", 10250)
+    assert options.token_webhook and not options.anonymous and options.authorization_mode == "Webhook"
+    assert not options.rotate_certificates and options.cert_file == ""
+    options = serving_options(parse("--kubelet-port", "10350", "--kubelet-address", "127.0.0.1", "--anonymous-auth",
+                                    "--authentication-token-webhook=false", "--authorization-mode", "AlwaysAllow",
+                                    "--client-ca-file", "ca.crt", "--rotate-server-certificates"))
+    assert options is not None and (options.address, options.port) == ("127.0.0.1", 10350)
+    assert options.anonymous and not options.token_webhook and options.authorization_mode == "AlwaysAllow"
+    assert options.client_ca_file == "ca.crt" and options.rotate_certificates
+    assert serving_options(parse("--kubelet-port", "0")) is None
+    with pytest.raises(SystemExit):
+        parse("--kubelet-port", "70000")
+    with pytest.raises(SystemExit):
+        parse("--authorization-mode", "RBAC")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tls-cert-file", "c"], "together"),
+    (["--tls-cert-file", "c", "--tls-private-key-file", "k", "--rotate-server-certificates"], "choose one"),
+    (["--client-ca-file", "/nonexistent/ca.crt"], "does not exist"),
+])
+def test_kubelet_api_flags_that_cannot_work_are_refused(argv: list[str], message: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse(*argv)
+    assert args.func(args) == 2
+    assert message in capsys.readouterr().err

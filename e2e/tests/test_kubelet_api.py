@@ -18,7 +18,6 @@ import os
 import socket
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from e2e.cluster import LocalCluster, wait_for
 from e2e.kube_helpers import create_namespace, kubectl, pod_manifest, unique, wait_pod_running
 from e2e.process import free_port
 from e2e.virtualnode import VirtualNodeProcess
+from tensile import conventions as c
 
 pytestmark = pytest.mark.e2e
 
@@ -297,4 +297,25 @@ def test_a_self_signed_serving_certificate_is_refused_by_a_verifying_apiserver(
     result = _kubectl(upper, "logs", "-n", ns, "app")
     assert result.returncode != 0
     assert "x509" in result.stderr or "certificate" in result.stderr, result.stderr
-    time.sleep(0)  # the node and its pods go with the fixture
+
+
+def test_a_kubelet_serving_certificate_request_once_approved_serves_logs(
+        federation: Fed, make_virtual_node: Any) -> None:
+    upper, lower, _ = federation
+    name = "vk-csr"
+    make_virtual_node(upper, lower, name, verified_serving_cert=False, extra_args=["--rotate-server-certificates"])
+    certificates = k8s.CertificatesV1Api(upper.api())
+    request = wait_for(lambda: next(iter(certificates.list_certificate_signing_request(
+        label_selector=f"{c.OWNER_NODE_LABEL}={name}").items), None), 30, what="the serving certificate request")
+    assert request.spec.signer_name == "kubernetes.io/kubelet-serving"
+    ns = unique("csr")
+    create_namespace(upper, ns)
+    upper.core.create_namespaced_pod(ns, pod_manifest("app", node_name=name))
+    wait_pod_running(upper, ns, "app", timeout=90)
+    # Self-signed until approved: the verifying apiserver refuses it.
+    assert _kubectl(upper, "logs", "-n", ns, "app").returncode != 0
+    lower.write_pod_log(["served with a signed certificate"])
+    kubectl(upper, "certificate", "approve", request.metadata.name)
+    out = wait_for(lambda: (r := _kubectl(upper, "logs", "-n", ns, "app")).returncode == 0 and r.stdout, 60,
+                   what="logs once the certificate is issued")
+    assert "served with a signed certificate" in out

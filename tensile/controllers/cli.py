@@ -61,6 +61,10 @@ def register(subparsers: Any) -> None:
                    help="serving certificate of the kubelet API, with an IP or DNS SAN for --node-ip, signed by the "
                         "CA the upper apiserver's --kubelet-certificate-authority names (default: self-signed)")
     k.add_argument("--tls-private-key-file", default="", help="key of --tls-cert-file")
+    k.add_argument("--rotate-server-certificates", action="store_true",
+                   help="ask the upper cluster for the serving certificate with a kubernetes.io/kubelet-serving "
+                        "CertificateSigningRequest (an admin approves it: kubectl certificate approve NAME) and "
+                        "renew it at 80%% of its lifetime; self-signed until the first is issued")
     k.add_argument("--cert-dir", default="",
                    help="where a self-signed serving certificate is written (default: a private temporary directory)")
     k.add_argument("--client-ca-file", default="",
@@ -194,7 +198,7 @@ def serving_options(args: argparse.Namespace) -> ServingOptions | None:
         address=args.kubelet_address, port=args.kubelet_port,
         cert_file=args.tls_cert_file, key_file=args.tls_private_key_file, client_ca_file=args.client_ca_file,
         anonymous=args.anonymous_auth, token_webhook=args.authentication_token_webhook,
-        authorization_mode=args.authorization_mode,
+        authorization_mode=args.authorization_mode, rotate_certificates=args.rotate_server_certificates,
     )
 
 
@@ -247,6 +251,10 @@ def run(args: argparse.Namespace) -> int:
     if config.lease_renew_interval >= config.lease_duration:
         print("tensile virtual-node: --node-lease-renew-interval must be shorter than --node-lease-duration-seconds",
               file=sys.stderr)
+        return 2
+    if args.rotate_server_certificates and args.tls_cert_file:
+        print("tensile virtual-node: --rotate-server-certificates asks for the certificate that --tls-cert-file "
+              "would give: choose one", file=sys.stderr)
         return 2
     if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
         print("tensile virtual-node: give --tls-cert-file and --tls-private-key-file together", file=sys.stderr)

@@ -38,7 +38,7 @@ from tensile.kube.leader import LeaderElector
 from tensile.kube.metrics import ApiMetrics, MachineryCollector, new_registry
 from tensile.kube.serving import OpsServer
 from tensile.kube.supervisor import Supervisor
-from tensile.kubelet import tls
+from tensile.kubelet import csr, tls
 from tensile.kubelet.server import KubeletServer
 
 log = logging.getLogger("tensile")
@@ -89,6 +89,7 @@ class VirtualNode:
         self.supervisor = Supervisor(f"virtual-node {config.node_name}")
         self._server: OpsServer | None = None
         self.kubelet: KubeletServer | None = None
+        self.serving_certificates: csr.ServingCertificates | None = None
         self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
         #: Caches synced; writers (node heartbeat, workers) running: this replica leads, or runs alone.
         self.synced = False
@@ -281,6 +282,12 @@ class VirtualNode:
         self.kubelet = kubelet
         self.supervisor.spawn("kubelet certificates", kubelet.watch_certificates,
                               progress=lambda: kubelet.certificates_checked, stall_after=300.0)
+        if options.rotate_certificates:
+            signed = csr.ServingCertificates(self.upper, self.config.node_name, [self.config.node_ip],
+                                             Path(options.cert_file), Path(options.key_file),
+                                             on_issued=kubelet.reload_certificates)
+            self.serving_certificates = signed
+            self.supervisor.spawn("kubelet serving certificate request", signed.run)
 
     async def _serve(self) -> None:
         if self.config.metrics_addr is None:

@@ -76,6 +76,8 @@ class ServingOptions:
     anonymous: bool = False
     token_webhook: bool = True
     authorization_mode: str = WEBHOOK
+    #: Ask the upper cluster for a ``kubernetes.io/kubelet-serving`` certificate (and renew it).
+    rotate_certificates: bool = False
 
 
 def _text(status: int, message: str) -> web.Response:
