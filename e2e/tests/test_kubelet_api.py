@@ -319,3 +319,38 @@ def test_a_kubelet_serving_certificate_request_once_approved_serves_logs(
     out = wait_for(lambda: (r := _kubectl(upper, "logs", "-n", ns, "app")).returncode == 0 and r.stdout, 60,
                    what="logs once the certificate is issued")
     assert "served with a signed certificate" in out
+
+
+def test_a_websocket_v4_exec_straight_to_the_kubelet_port_is_relayed(federation: Fed,
+                                                                      running: tuple[str, str]) -> None:
+    """Older clients speak WebSocket (v4.channel.k8s.io) to kubelets; the upgrade goes down as it came."""
+    import asyncio
+
+    import aiohttp
+
+    _, _, vn = federation
+    ns, pod = running
+    ctx = ssl.create_default_context(cafile=str(vn.upper.dir / "pki" / "kubelet-ca.crt"))
+    ctx.load_cert_chain(*_apiserver_cert(vn.upper))
+    url = (f"https://127.0.0.1:{vn.kubelet_port}/exec/{ns}/{pod}/app?command=sh&command=-c"
+           "&command=echo+over+websocket%3B+exit+3&output=1&error=1")
+
+    async def run() -> tuple[bytes, bytes]:
+        stdout, status = b"", b""
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                url, protocols=("v4.channel.k8s.io",), ssl=ctx, timeout=aiohttp.ClientWSTimeout(ws_close=10)) as ws:
+            assert ws.protocol == "v4.channel.k8s.io"
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY or not msg.data:
+                    continue
+                channel, data = msg.data[0], msg.data[1:]
+                if channel == 1:
+                    stdout += data
+                elif channel == 3:
+                    status += data
+        return stdout, status
+
+    stdout, status = asyncio.run(asyncio.wait_for(run(), 30))
+    assert stdout == b"over websocket\n"
+    assert b"exit status 3" in status  # kwok's failure status, relayed on the error channel
+    wait_for(lambda: _open_streams(vn) == 0, 30, what="the websocket stream closed")

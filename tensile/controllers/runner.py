@@ -68,6 +68,9 @@ WORKER_WEDGED_AFTER = 300.0
 #: The leader-election client's own budget: a Lease write every retry period.
 ELECTION_QPS = 5.0
 ELECTION_BURST = 10
+#: The kubelet API's own budget on each side (reviews upstairs, logs and metrics downstairs).
+KUBELET_API_QPS = 50.0
+KUBELET_API_BURST = 100
 
 
 class VirtualNode:
@@ -90,6 +93,7 @@ class VirtualNode:
         self._server: OpsServer | None = None
         self.kubelet: KubeletServer | None = None
         self.serving_certificates: csr.ServingCertificates | None = None
+        self._kubelet_clients: list[Kube] = []
         self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
         #: Caches synced; writers (node heartbeat, workers) running: this replica leads, or runs alone.
         self.synced = False
@@ -220,6 +224,8 @@ class VirtualNode:
             steps.append(("heartbeat client", self.ctx.heartbeat.close))
         if self.kubelet is not None:
             steps.append(("kubelet API", self.kubelet.stop))
+        for client in self._kubelet_clients:
+            steps.append((f"{client.name} client", client.close))
         if self._cert_dir is not None:
             steps.append(("self-signed certificate", self._remove_cert_dir))
         if self._server is not None:
@@ -277,13 +283,19 @@ class VirtualNode:
                 directory = Path(self._cert_dir.name)
             cert, key = tls.self_signed(directory, self.config.node_name, [self.config.node_ip])
             options.cert_file, options.key_file = str(cert), str(key)
-        kubelet = KubeletServer(options, ContextPods(ctx), self.upper, self.lower, self.registry)
+        # Clients of their own: log follows and reviews never wait behind pod traffic (nor it behind them),
+        # and no leader fence: every replica serves, and reviews, reads and streams are not the node's writes.
+        upper = self.upper.fork("upper-kubelet-api", KUBELET_API_QPS, KUBELET_API_BURST)
+        lower = self.lower.fork("lower-kubelet-api", KUBELET_API_QPS, KUBELET_API_BURST)
+        upper.may_write = lower.may_write = None
+        self._kubelet_clients = [upper, lower]
+        kubelet = KubeletServer(options, ContextPods(ctx), upper, lower, self.registry)
         await kubelet.start()
         self.kubelet = kubelet
         self.supervisor.spawn("kubelet certificates", kubelet.watch_certificates,
                               progress=lambda: kubelet.certificates_checked, stall_after=300.0)
         if options.rotate_certificates:
-            signed = csr.ServingCertificates(self.upper, self.config.node_name, [self.config.node_ip],
+            signed = csr.ServingCertificates(upper, self.config.node_name, [self.config.node_ip],
                                              Path(options.cert_file), Path(options.key_file),
                                              on_issued=kubelet.reload_certificates)
             self.serving_certificates = signed
