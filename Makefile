@@ -46,7 +46,7 @@ demo: binaries
 bench: binaries
 	$(PY) bench/pods.py
 	$(PY) bench/scheduler.py
-	$(PY) bench/kubelet.py
+	$(PY) -m bench.kubelet
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -9,7 +9,7 @@ On one machine in one run (compare ratios, not seconds):
 - the virtual node's RSS and open files after all of it.
 
 Writes a JSON record to bench/results/ and prints a summary.
-Usage: python bench/kubelet.py [--lines 100000] [--mib 64] [--execs 20]
+Usage: python -m bench.kubelet [--lines 100000] [--mib 64] [--execs 20]
 """
 
 from __future__ import annotations
@@ -22,16 +22,15 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
+from bench.pods import RESULTS, peak_rss_mib
 from e2e.cluster import LocalCluster, wait_for
 from e2e.kube_helpers import create_namespace, pod_manifest, wait_pod_running
 from e2e.kwok import NodeSpec
 from e2e.process import free_port
 from e2e.virtualnode import VirtualNodeProcess
 
-RESULTS = Path(__file__).parent / "results"
 NS, POD, VK = "bench", "app", "vk-lower"
 
 
@@ -116,9 +115,7 @@ def main() -> int:
             forward = record["forward_mib_per_s_direct"] / record["forward_mib_per_s_via_tensile"]
             record["forward_ratio"] = round(forward, 2)
             assert vn.proc is not None and vn.proc.pid is not None
-            with open(f"/proc/{vn.proc.pid}/status") as f:
-                rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-            record["virtual_node_rss_mib"] = round(rss / 1024, 1)
+            record["virtual_node_peak_rss_mib"] = peak_rss_mib(vn.proc.pid)
             record["virtual_node_open_files"] = len(os.listdir(f"/proc/{vn.proc.pid}/fd"))
             record["open_streams_after"] = vn.metrics().total("tensile_kubelet_open_streams")
         finally:

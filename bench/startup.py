@@ -10,7 +10,7 @@ of the Secrets) while the node is down, then starts it and measures:
 Before the handlers used indexes, each Secret arriving in the cache scanned
 every pod of the node, on the event loop: 20,000 Secrets and 2,000 pods
 blocked it for about 30 s. Writes a JSON record to bench/results/.
-Usage: python bench/startup.py [--secrets 20000] [--pods 2000]
+Usage: python -m bench.startup [--secrets 20000] [--pods 2000]
 """
 
 from __future__ import annotations

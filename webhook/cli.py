@@ -40,16 +40,6 @@ class _UsageError(Exception):
     """A problem with the command line or its input files: exit 2."""
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
-    return port
-
-
 def _non_negative(value: str) -> int:
     try:
         number = int(value)
@@ -103,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.set_defaults(func=_run_serve)
     serve = parser.add_argument_group("serving")
-    serve.add_argument("--port", type=_port, default=8443,
+    serve.add_argument("--port", type=flags.port, default=8443,
                        help="HTTPS port the apiserver calls (default 8443; 0 picks a free one); metrics and "
                             "probes over plain HTTP are on --metrics-addr")
     serve.add_argument("--bind-address", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
