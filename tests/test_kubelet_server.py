@@ -411,3 +411,18 @@ async def test_a_rotated_serving_certificate_is_loaded_and_a_broken_one_is_not(t
         assert r.server.reload_certificates() is False
         assert await served_cn() == "CN=vk-renewed"  # the old pair keeps serving
         assert (await _get(r, "/healthz", cert=True)) == (200, "ok")
+
+
+async def test_a_taken_port_or_a_bad_certificate_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    from tensile.kubelet.server import ServingError
+
+    async with rig(tmp_path) as r:
+        taken = ServingOptions(address="127.0.0.1", port=r.server.port, cert_file=r.server.options.cert_file,
+                               key_file=r.server.options.key_file)
+        with pytest.raises(ServingError, match="cannot listen"):
+            await KubeletServer(taken, Pods(), _upper(), r.server.lower).start()  # type: ignore[arg-type]
+        (tmp_path / "bad.crt").write_text("nope")
+        bad = ServingOptions(address="127.0.0.1", port=0, cert_file=str(tmp_path / "bad.crt"),
+                             key_file=r.server.options.key_file)
+        with pytest.raises(ServingError, match="does not load"):
+            await KubeletServer(bad, Pods(), _upper(), r.server.lower).start()  # type: ignore[arg-type]

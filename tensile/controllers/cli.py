@@ -17,7 +17,7 @@ from tensile.controllers.context import Config
 from tensile.kube.client import SERVICEACCOUNT_DIR
 from tensile.kube.errors import ApiError
 from tensile.kube.leader import LeaderElectionConfig
-from tensile.kubelet.server import ServingOptions
+from tensile.kubelet.server import ServingError, ServingOptions
 
 log = logging.getLogger("tensile")
 
@@ -276,4 +276,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except TimeoutError:
         print("tensile virtual-node: caches did not sync in time; is each apiserver reachable?", file=sys.stderr)
+        return 1
+    except ServingError as exc:
+        print(f"tensile virtual-node: {exc}", file=sys.stderr)
         return 1

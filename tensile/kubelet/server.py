@@ -36,7 +36,7 @@ from tensile import timestamps
 from tensile.kube.client import JSON, Kube, path
 from tensile.kube.errors import ApiError
 from tensile.kubelet import paths, relay, stats
-from tensile.kubelet.auth import WEBHOOK, Authenticator, Authorizer, AuthUnavailable, User
+from tensile.kubelet.auth import WEBHOOK, Authenticator, Authorizer, AuthUnavailable
 from tensile.kubelet.metrics import KubeletMetrics, route_label
 
 log = logging.getLogger("tensile.kubelet")
@@ -45,7 +45,6 @@ POD_METRICS = "/apis/metrics.k8s.io/v1beta1/pods"
 #: PodMetrics are fetched at most this often; every scraper in between gets the same answer.
 METRICS_CACHE_SECONDS = 5.0
 HANDSHAKE_TIMEOUT = 30.0
-USER_KEY = web.RequestKey("user", User)
 
 
 class NodePods(Protocol):
@@ -78,6 +77,10 @@ class ServingOptions:
     authorization_mode: str = WEBHOOK
     #: Ask the upper cluster for a ``kubernetes.io/kubelet-serving`` certificate (and renew it).
     rotate_certificates: bool = False
+
+
+class ServingError(RuntimeError):
+    """The kubelet API cannot start: its port is taken, its certificate does not load."""
 
 
 def _text(status: int, message: str) -> web.Response:
@@ -127,14 +130,23 @@ class KubeletServer:
         return app
 
     async def start(self) -> None:
-        self._ssl = ssl_context(self.options)
-        self._cert_stamp = self._stamp()
+        try:
+            self._ssl = ssl_context(self.options)
+            self._cert_stamp = self._stamp()
+        except (OSError, ssl.SSLError) as exc:
+            raise ServingError(f"kubelet API: the serving certificate {self.options.cert_file} or the client CA "
+                               f"{self.options.client_ca_file or '(none)'} does not load: {exc}") from exc
         # handler_cancellation: a log follow ends when its caller goes away.
         self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True,
                                      shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.options.address, self.options.port, ssl_context=self._ssl)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ServingError(f"kubelet API: cannot listen on {self.options.address}:{self.options.port} "
+                               f"(--kubelet-address, --kubelet-port): {exc}") from exc
         sockets = getattr(site._server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.options.port
         log.info("kubelet API serving on https://%s:%d", self.options.address, self.port,
@@ -214,7 +226,6 @@ class KubeletServer:
                 log.info("refused %s %s for %s: %s", request.method, request.path, user.name, decision.reason,
                          extra={"node": self.pods.node_name})
                 return _text(403, f"Forbidden ({decision.reason})")
-            request[USER_KEY] = user
             return await handler(request)
         except AuthUnavailable as exc:
             log.warning("cannot authenticate or authorize: %s", exc, extra={"node": self.pods.node_name})
