@@ -8,10 +8,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from descheduler import avoidance, policy
+from descheduler import policy
 from descheduler.policy import Options
+from tensile import avoidance, timestamps
 from tensile import conventions as c
-from tensile import timestamps
 
 NOW = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC)
 OPTIONS = Options(unschedulable_for=60, max_pending=180, cooldown=600)

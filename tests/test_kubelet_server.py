@@ -255,6 +255,12 @@ async def test_exec_is_upgraded_downstairs_and_spliced_both_ways_then_closed(tmp
             await asyncio.sleep(0.05)
         assert not r.server.streams
         assert len(asyncio.all_tasks()) <= tasks_before
+        assert r.server._runner is not None and r.server._runner.server is not None
+        for _ in range(100):
+            if not r.server._runner.server.connections:
+                break
+            await asyncio.sleep(0.05)
+        assert r.server._runner.server.connections == []  # aiohttp forgot the taken-over connection
         assert r.server.metrics.bytes.labels("exec", "down")._value.get() == len(payload)
         assert r.server.metrics.streams.labels("exec")._value.get() == 0
 

@@ -118,6 +118,14 @@ def take_over(request: web.Request) -> tuple[asyncio.StreamReader, asyncio.Strea
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
+def hand_back(request: web.Request) -> None:
+    """Tell aiohttp the taken-over connection is gone, so it forgets it (else one handler leaks per stream).
+
+    Its protocol never saw the bytes or the close after :func:`take_over`; this is the close it missed.
+    """
+    request.protocol.connection_lost(None)
+
+
 async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, counter: list[int]) -> None:
     while True:
         data = await source.read(CHUNK)

@@ -340,6 +340,7 @@ class KubeletServer:
         finally:
             self.metrics.streams.labels(target.route).dec()
             self.streams.discard(task)
+            relay.hand_back(request)
         return response
 
     async def _healthz(self, _: web.Request) -> web.Response:
