@@ -1,0 +1,281 @@
+"""The descheduler's pass: find pods a lower cluster will not start, and move them, safely.
+
+One pass (every ``--interval``) reads only caches: Pending pods, virtual Nodes and the
+avoidance records. For each candidate (``policy.candidate``) it checks, in order:
+
+1. not moved within the cooldown (a pod, or a bare pod's recreation, is moved once per cooldown);
+2. another virtual node can take it (``policy.other_targets``), else it stays, with one Event;
+3. the pass's budget (per virtual node and in all);
+
+then moves it. A controller-owned pod gets an avoidance record for its owner (so the
+webhook keeps the replacement off the node) and is evicted through the Eviction API, so
+PodDisruptionBudgets hold (a 429 is an Event, not a retry storm). A bare pod is recreated:
+its manifest is first saved in a backup ConfigMap, the pod deleted, and a new one with the
+same name, labels, annotations and spec (plus the avoidance) created; the backup is removed
+only after the create succeeded, and an Event names it when it did not. ``dry_run``
+writes nothing at all and logs what it would do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import datetime
+import json
+import logging
+import time
+from typing import Any
+
+from descheduler import policy
+from descheduler.policy import Budget, Candidate, Options
+from tensile import avoidance, timestamps
+from tensile import conventions as c
+from tensile.kube.client import JSON, Kube, path
+from tensile.kube.errors import ApiError
+from tensile.kube.events import EventRecorder
+from tensile.kube.informer import Informer
+
+log = logging.getLogger("tensile.descheduler")
+
+BACKUP_PREFIX = "tensile-backup-"
+BACKUP_LABEL = c.PREFIX + "pod-backup"
+RESCHEDULED_FROM = c.PREFIX + "rescheduled-from"
+#: A bare pod's own avoidance (it has no owner to hold a record): node -> expiry, JSON.
+AVOID_ANNOTATION = c.PREFIX + "avoid"
+GONE_TIMEOUT = 120.0
+
+
+@dataclasses.dataclass
+class Outcome:
+    pod: str
+    node: str
+    action: str  # evicted, recreated, blocked, stayed, rate_limited, would_evict, would_recreate, failed
+    reason: str
+    detail: str = ""
+
+
+def _object(pod: JSON) -> JSON:
+    return {**pod, "apiVersion": "v1", "kind": "Pod"}
+
+
+def _owner_object(pod: JSON, owner: JSON) -> JSON:
+    meta = pod.get("metadata") or {}
+    return {"apiVersion": owner.get("apiVersion", ""), "kind": owner.get("kind", ""),
+            "metadata": {"name": owner.get("name", ""), "namespace": meta.get("namespace", ""),
+                         "uid": owner.get("uid", "")}}
+
+
+def bare_record(pod: JSON) -> JSON | None:
+    """A bare pod's own avoidance, read like an owner's record."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(AVOID_ANNOTATION)
+    return {"data": {avoidance.AVOID_KEY: raw}} if isinstance(raw, str) else None
+
+
+def recreated(pod: JSON, avoid_until: dict[str, str], from_node: str) -> JSON:
+    """The bare pod's new manifest: same name, labels, annotations and spec, unbound, avoiding."""
+    meta = pod.get("metadata") or {}
+    spec = {k: v for k, v in (pod.get("spec") or {}).items() if k != "nodeName"}
+    annotations = {**(meta.get("annotations") or {}), AVOID_ANNOTATION: json.dumps(avoid_until, sort_keys=True),
+                   RESCHEDULED_FROM: from_node}
+    new_meta = {k: copy.deepcopy(meta[k]) for k in ("name", "namespace", "labels", "finalizers") if k in meta}
+    new_meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": new_meta, "spec": avoidance.avoiding(spec, avoid_until)}
+
+
+def backup_manifest(pod: JSON) -> JSON:
+    meta = pod.get("metadata") or {}
+    original = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta},
+                "spec": {k: v for k, v in (pod.get("spec") or {}).items() if k != "nodeName"}}
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": f"{BACKUP_PREFIX}{meta.get('uid', '')}"[:253], "namespace": meta.get("namespace"),
+                         "labels": {BACKUP_LABEL: "true", c.MANAGED_BY_LABEL: c.MANAGED_BY_VALUE}},
+            "data": {"pod": json.dumps(original, indent=2, sort_keys=True)}}
+
+
+class Descheduler:
+    def __init__(self, kube: Kube, options: Options, *, dry_run: bool = False,
+                 recorder: EventRecorder | None = None) -> None:
+        self.kube = kube
+        self.options = options
+        self.dry_run = dry_run
+        self.recorder = recorder
+        self.pods = Informer(kube, path("pods"), field_selector="status.phase=Pending", name="pending-pods")
+        self.nodes = Informer(kube, path("nodes"),
+                              label_selector=f"{c.VIRTUAL_NODE_TYPE_LABEL}={c.VIRTUAL_NODE_TYPE_VALUE}",
+                              name="virtual-nodes")
+        self.records = Informer(kube, path("configmaps"), label_selector=f"{avoidance.RECORD_LABEL}=true",
+                                name="avoidance-records")
+        #: pod key (or a bare pod's name) -> when it was last moved; also when it was told to stay.
+        self.moved: dict[str, float] = {}
+        self.stayed: dict[str, float] = {}
+        self.passes = 0
+        self.beat = time.monotonic()
+
+    def informers(self) -> list[Informer]:
+        return [self.pods, self.nodes, self.records]
+
+    def _event(self, obj: JSON, etype: str, reason: str, message: str) -> None:
+        if self.recorder is not None and not self.dry_run:
+            self.recorder.event(obj, etype, reason, message)
+
+    def _expire(self, memory: dict[str, float], now: float) -> None:
+        for key in [k for k, at in memory.items() if now - at >= self.options.cooldown]:
+            del memory[key]
+
+    async def run_once(self, now: datetime.datetime | None = None) -> list[Outcome]:
+        now = now or timestamps.utc_now()
+        clock = time.monotonic()
+        self._expire(self.moved, clock)
+        self._expire(self.stayed, clock)
+        nodes = {n["metadata"]["name"]: n for n in self.nodes.items() if policy.is_virtual_node(n)}
+        budget = Budget(self.options)
+        outcomes: list[Outcome] = []
+        for pod in sorted(self.pods.items(), key=lambda p: (p["metadata"].get("namespace"), p["metadata"]["name"])):
+            found = policy.candidate(pod, nodes, now, self.options)
+            if found is None or found.key in self.moved:
+                continue
+            outcome = await self._consider(found, nodes, budget, now, clock)
+            if outcome is not None:
+                outcomes.append(outcome)
+        self.passes += 1
+        self.beat = time.monotonic()
+        return outcomes
+
+    async def _consider(self, found: Candidate, nodes: dict[str, JSON], budget: Budget, now: datetime.datetime,
+                        clock: float) -> Outcome | None:
+        pod, node = found.pod, found.node
+        owner = policy.controller_of(pod)
+        ns = pod["metadata"].get("namespace", "")
+        record = self.records.get(f"{ns}/{avoidance.record_name(str(owner.get('uid')))}") if owner else None
+        if owner is None:
+            record = bare_record(pod)
+        avoid = avoidance.active(record, now)
+        targets = policy.other_targets(pod, nodes, avoid)
+        if not targets:
+            if found.key not in self.stayed:
+                self.stayed[found.key] = clock
+                self._event(_object(pod), "Warning", "NotRescheduled",
+                            f"no other virtual node can take this pod; staying on {node} ({found.reason}: "
+                            f"{found.message})")
+                log.info("%s stays on %s: no other virtual node can take it", found.key, node)
+            return Outcome(found.key, node, "stayed", found.reason)
+        if not budget.allows(node):
+            return Outcome(found.key, node, "rate_limited", found.reason)
+        budget.spend(node)
+        cluster = ((nodes.get(node) or {}).get("metadata") or {}).get("labels", {}).get(c.CLUSTER_ID_LABEL, node)
+        why = f"Rescheduled away from {node}: {found.reason} in lower cluster {cluster}: {found.message}".rstrip(": ")
+        if self.dry_run:
+            action = "would_evict" if owner else "would_recreate"
+            log.info("dry run: would %s %s (%s); candidates: %s", action.split("_")[1], found.key, why,
+                     ", ".join(targets))
+            self.moved[found.key] = clock
+            return Outcome(found.key, node, action, found.reason)
+        self.moved[found.key] = clock
+        until = now + datetime.timedelta(seconds=self.options.cooldown)
+        if owner is not None:
+            return await self._evict(found, owner, record, until, now, why)
+        return await self._recreate(found, avoidance.with_node(record, node, until, now), why)
+
+    async def _evict(self, found: Candidate, owner: JSON, record: JSON | None, until: datetime.datetime,
+                     now: datetime.datetime, why: str) -> Outcome:
+        pod = found.pod
+        meta = pod["metadata"]
+        ns, name = meta.get("namespace", ""), meta["name"]
+        entries = avoidance.with_node(record, found.node, until, now)
+        body = avoidance.manifest(ns, owner, entries)
+        try:
+            if record is None:
+                try:
+                    await self.kube.create(path("configmaps", ns), body)
+                except ApiError as exc:
+                    if not exc.conflict and exc.status != 409:
+                        raise
+                    await self.kube.patch(path("configmaps", ns, body["metadata"]["name"]), {"data": body["data"]})
+            else:
+                await self.kube.patch(path("configmaps", ns, body["metadata"]["name"]), {"data": body["data"]})
+            await self.kube.create(path("pods", ns, name, "eviction"), {
+                "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns},
+                "deleteOptions": {"preconditions": {"uid": meta.get("uid")}}})
+        except ApiError as exc:
+            if exc.status == 429:
+                self._event(_object(pod), "Warning", "EvictionBlocked",
+                            f"not rescheduled away from {found.node}: a PodDisruptionBudget does not allow it now: "
+                            f"{exc}")
+                return Outcome(found.key, found.node, "blocked", found.reason, str(exc))
+            self.moved.pop(found.key, None)
+            log.warning("evicting %s failed: %s", found.key, exc)
+            return Outcome(found.key, found.node, "failed", found.reason, str(exc))
+        self._event(_object(pod), "Normal", "Rescheduled", why)
+        self._event(_owner_object(pod, owner), "Normal", "Rescheduled", f"pod {name}: {why}")
+        log.info("evicted %s from %s: %s", found.key, found.node, why)
+        return Outcome(found.key, found.node, "evicted", found.reason)
+
+    async def _gone(self, ns: str, name: str, uid: str) -> bool:
+        deadline = time.monotonic() + GONE_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                current = await self.kube.get(path("pods", ns, name))
+            except ApiError as exc:
+                if exc.not_found:
+                    return True
+                raise
+            if current.get("metadata", {}).get("uid") != uid:
+                return True  # someone else already made a new one
+            await asyncio.sleep(1.0)
+        return False
+
+    async def _recreate(self, found: Candidate, avoid_until: dict[str, str], why: str) -> Outcome:
+        pod = found.pod
+        meta = pod["metadata"]
+        ns, name, uid = meta.get("namespace", ""), meta["name"], str(meta.get("uid", ""))
+        backup = backup_manifest(pod)
+        backup_name = backup["metadata"]["name"]
+        recover = (f"kubectl get configmap -n {ns} {backup_name} -o jsonpath='{{.data.pod}}' | "
+                   "kubectl create -f -")
+        try:
+            await self.kube.create(path("configmaps", ns), backup)
+            await self.kube.delete(path("pods", ns, name), {"kind": "DeleteOptions", "apiVersion": "v1",
+                                                            "preconditions": {"uid": uid}})
+            if not await self._gone(ns, name, uid):
+                raise ApiError(504, "Timeout", f"pod {ns}/{name} was not gone after {GONE_TIMEOUT:.0f}s")
+            await self.kube.create(path("pods", ns), recreated(pod, avoid_until, found.node))
+        except ApiError as exc:
+            self._event(_object(pod), "Warning", "RecreateFailed",
+                        f"moving the pod away from {found.node} failed ({exc}); its manifest is kept in ConfigMap "
+                        f"{backup_name}: {recover}")
+            log.warning("recreating %s failed, manifest kept in %s/%s: %s", found.key, ns, backup_name, exc)
+            return Outcome(found.key, found.node, "failed", found.reason, str(exc))
+        try:
+            await self.kube.delete(path("configmaps", ns, backup_name))
+        except ApiError as exc:
+            log.warning("the backup %s/%s of a recreated pod stays: %s", ns, backup_name, exc)
+        self._event(_object(pod), "Normal", "Rescheduled", f"{why}; recreated")
+        log.info("recreated %s away from %s: %s", found.key, found.node, why)
+        return Outcome(found.key, found.node, "recreated", found.reason)
+
+    def expired_records(self, now: datetime.datetime) -> list[JSON]:
+        """Records with no node avoided any more: to delete."""
+        return [r for r in self.records.items() if not avoidance.active(r, now)]
+
+    async def clean_records(self, now: datetime.datetime | None = None) -> int:
+        if self.dry_run:
+            return 0
+        removed = 0
+        for record in self.expired_records(now or timestamps.utc_now()):
+            meta = record["metadata"]
+            try:
+                await self.kube.delete(path("configmaps", meta["namespace"], meta["name"]))
+                removed += 1
+            except ApiError as exc:
+                if not exc.not_found:
+                    log.warning("deleting expired avoidance record %s/%s: %s", meta["namespace"], meta["name"], exc)
+        return removed
+
+
+def summarize(outcomes: list[Outcome]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.action] = counts.get(o.action, 0) + 1
+    return counts

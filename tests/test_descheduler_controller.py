@@ -1,0 +1,141 @@
+"""The descheduler's pass against a fake API: eviction with a record, PDB refusals, bare recreation, dry run."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from descheduler.controller import AVOID_ANNOTATION, BACKUP_PREFIX, Descheduler
+from descheduler.policy import Options
+from tensile import avoidance
+from tensile.kube.errors import ApiError
+from tests.fakes import FakeKube, not_found, seed
+from tests.test_descheduler_policy import NOW, pod, unschedulable, vnode
+
+OPTIONS = Options(unschedulable_for=60, max_pending=180, cooldown=600)
+
+
+def _desched(kube: FakeKube, *pods: dict[str, Any], nodes: tuple[str, ...] = ("vk-a", "vk-b"),
+             dry_run: bool = False, options: Options = OPTIONS) -> Descheduler:
+    d = Descheduler(kube, options, dry_run=dry_run)  # type: ignore[arg-type]
+    seed(d.nodes, *(vnode(n) for n in nodes))
+    seed(d.pods, *pods)
+    return d
+
+
+def _stuck(name: str = "web-1", **kw: Any) -> dict[str, Any]:
+    p = pod(scheduled=unschedulable(120), **kw)
+    p["metadata"]["name"] = name
+    p["metadata"]["uid"] = f"uid-{name}"
+    return p
+
+
+async def test_a_controller_owned_pod_gets_a_record_then_is_evicted() -> None:
+    kube = FakeKube()
+    d = _desched(kube, _stuck())
+    outcomes = await d.run_once(NOW)
+    assert [(o.pod, o.node, o.action) for o in outcomes] == [("ns/web-1", "vk-a", "evicted")]
+    (record_path, record), (eviction_path, eviction) = kube.of("POST")
+    assert record_path == "/api/v1/namespaces/ns/configmaps"
+    assert record["metadata"]["name"] == "tensile-avoid-rs-1"
+    assert avoidance.active(record, NOW) == ["vk-a"]
+    assert avoidance.active(record, NOW + datetime.timedelta(seconds=601)) == []
+    assert eviction_path == "/api/v1/namespaces/ns/pods/web-1/eviction"
+    assert eviction["deleteOptions"] == {"preconditions": {"uid": "uid-web-1"}}
+    assert await d.run_once(NOW) == []  # moved: not again within the cooldown
+
+
+async def test_a_pdb_refusal_is_reported_and_the_pod_stays() -> None:
+    kube = FakeKube()
+    kube.answer("POST", "/api/v1/namespaces/ns/pods/web-1/eviction",
+                ApiError(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget."))
+    d = _desched(kube, _stuck())
+    outcomes = await d.run_once(NOW)
+    assert [o.action for o in outcomes] == ["blocked"]
+    assert "disruption budget" in outcomes[0].detail
+
+
+async def test_nowhere_else_to_go_means_staying_without_a_bounce() -> None:
+    kube = FakeKube()
+    d = _desched(kube, _stuck(), nodes=("vk-a",))
+    assert [o.action for o in await d.run_once(NOW)] == ["stayed"]
+    assert kube.of("POST") == [] and kube.of("DELETE") == []
+    # An owner that already avoids vk-b: vk-a's pod has nowhere to go either.
+    kube = FakeKube()
+    d = _desched(kube, _stuck())
+    record = avoidance.manifest("ns", {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-1"},
+                                avoidance.with_node(None, "vk-b", NOW + datetime.timedelta(minutes=5), NOW))
+    seed(d.records, record)
+    assert [o.action for o in await d.run_once(NOW)] == ["stayed"]
+
+
+async def test_budgets_limit_moves_per_node_and_in_total() -> None:
+    kube = FakeKube()
+    pods = [_stuck(f"web-{i}") for i in range(4)]
+    d = _desched(kube, *pods, nodes=("vk-a", "vk-b", "vk-c"), options=Options(max_per_node=2, cooldown=600))
+    actions = [o.action for o in await d.run_once(NOW)]
+    assert actions == ["evicted", "evicted", "rate_limited", "rate_limited"]
+    d2 = _desched(FakeKube(), *pods, options=Options(max_total=1, cooldown=600))
+    assert [o.action for o in await d2.run_once(NOW)] == ["evicted", "rate_limited", "rate_limited",
+                                                           "rate_limited"]
+
+
+async def test_dry_run_writes_nothing() -> None:
+    kube = FakeKube()
+    d = _desched(kube, _stuck(), _stuck("lonely", owner=None), dry_run=True)
+    assert sorted(o.action for o in await d.run_once(NOW)) == ["would_evict", "would_recreate"]
+    assert [m for m, _, _ in kube.calls if m != "GET"] == []
+
+
+async def test_a_bare_pod_is_backed_up_deleted_and_recreated_with_its_metadata_and_the_avoidance() -> None:
+    kube = FakeKube()
+    kube.answer("GET", "/api/v1/namespaces/ns/pods/lonely", not_found("pod"))
+    bare = _stuck("lonely", owner=None, annotations={"team": "a"})
+    bare["metadata"]["labels"] = {"app": "lonely"}
+    bare["spec"]["affinity"] = {"nodeAffinity": {avoidance.REQUIRED: {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "type", "operator": "In", "values": ["virtual-kubelet"]}]}]}}}
+    d = _desched(kube, bare)
+    assert [o.action for o in await d.run_once(NOW)] == ["recreated"]
+    posts = kube.of("POST")
+    assert posts[0][1]["metadata"]["name"] == f"{BACKUP_PREFIX}uid-lonely"
+    assert json.loads(posts[0][1]["data"]["pod"])["metadata"]["labels"] == {"app": "lonely"}
+    new = posts[1][1]
+    assert new["metadata"]["name"] == "lonely" and new["metadata"]["labels"] == {"app": "lonely"}
+    assert new["metadata"]["annotations"]["team"] == "a"
+    assert list(json.loads(new["metadata"]["annotations"][AVOID_ANNOTATION])) == ["vk-a"]
+    assert "nodeName" not in new["spec"]
+    terms = new["spec"]["affinity"]["nodeAffinity"][avoidance.REQUIRED]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0] == {"key": "type", "operator": "In", "values": ["virtual-kubelet"]}
+    assert terms[0]["matchExpressions"][1]["values"] == ["vk-a"]
+    deletes = [p for p, _ in kube.of("DELETE")]
+    assert deletes == ["/api/v1/namespaces/ns/pods/lonely",
+                       f"/api/v1/namespaces/ns/configmaps/{BACKUP_PREFIX}uid-lonely"]
+
+
+async def test_a_failed_recreate_keeps_the_backup_and_says_how_to_recover() -> None:
+    kube = FakeKube()
+    kube.answer("GET", "/api/v1/namespaces/ns/pods/lonely", not_found("pod"))
+    kube.answer("POST", "/api/v1/namespaces/ns/pods", ApiError(403, "Forbidden", "quota exceeded"))
+    d = _desched(kube, _stuck("lonely", owner=None))
+    events: list[tuple[str, str, str]] = []
+    d.recorder = type("R", (), {"event": lambda _self, obj, t, r, m: events.append((t, r, m))})()  # type: ignore[assignment]
+    outcomes = await d.run_once(NOW)
+    assert [o.action for o in outcomes] == ["failed"]
+    assert [p for p, _ in kube.of("DELETE")] == ["/api/v1/namespaces/ns/pods/lonely"]  # backup kept
+    (etype, reason, message), = events
+    assert (etype, reason) == ("Warning", "RecreateFailed")
+    assert f"{BACKUP_PREFIX}uid-lonely" in message and "kubectl create -f -" in message
+
+
+async def test_expired_records_are_cleaned_up() -> None:
+    kube = FakeKube()
+    d = _desched(kube)
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-1"}
+    live = avoidance.manifest("ns", owner, avoidance.with_node(None, "vk-a", NOW + datetime.timedelta(minutes=5), NOW))
+    old = avoidance.manifest("ns", {**owner, "uid": "rs-2"},
+                             avoidance.with_node(None, "vk-a", NOW - datetime.timedelta(minutes=1),
+                                                 NOW - datetime.timedelta(minutes=20)))
+    seed(d.records, live, old)
+    assert await d.clean_records(NOW) == 1
+    assert [p for p, _ in kube.of("DELETE")] == ["/api/v1/namespaces/ns/configmaps/tensile-avoid-rs-2"]
