@@ -3,8 +3,10 @@
 A pod is a candidate when it is bound to a tensile virtual node, still Pending, and the
 lower cluster has shown it will not start it:
 
-- the copy is reflected ``PodScheduled=False`` with reason ``Unschedulable`` or
-  ``SchedulerError`` for longer than ``unschedulable_for``; or
+- the lower scheduler refused the copy (reason ``Unschedulable`` or ``SchedulerError``) for
+  longer than ``unschedulable_for``. tensile's virtual node shows this as ``ContainersReady``
+  and ``Ready`` False with that reason (``PodScheduled`` stays the upper scheduler's, True);
+  other virtual kubelets reflect it as ``PodScheduled=False``; both count; or
 - it has been bound for longer than ``max_pending`` while its containers wait for a reason
   another cluster could cure: :data:`MOVABLE_WAITING` (an image pull that fails there, a
   sandbox or volume that never comes up). Reasons that would fail anywhere (a missing
@@ -113,12 +115,14 @@ def candidate(pod: JSON, virtual_nodes: Mapping[str, JSON], now: datetime.dateti
     if exempt(pod) is not None:
         return None
     scheduled = _condition(pod, "PodScheduled")
-    if scheduled is not None and scheduled.get("status") == "False" and (
-            scheduled.get("reason") in UNSCHEDULABLE_REASONS):
-        age = _age(scheduled.get("lastTransitionTime"), now)
-        if age is not None and age >= options.unschedulable_for:
-            return Candidate(pod, node, str(scheduled["reason"]), str(scheduled.get("message") or ""))
-        return None
+    for refused in (scheduled, _condition(pod, "ContainersReady")):
+        if refused is not None and refused.get("status") == "False" and (
+                refused.get("reason") in UNSCHEDULABLE_REASONS):
+            age = _age(refused.get("lastTransitionTime"), now)
+            if age is not None and age >= options.unschedulable_for:
+                message = str(refused.get("message") or "").removeprefix("lower cluster: ")
+                return Candidate(pod, node, str(refused["reason"]), message)
+            return None
     bound = _age((scheduled or {}).get("lastTransitionTime") or (pod.get("metadata") or {}).get("creationTimestamp"),
                  now)
     if bound is None or bound < options.max_pending:

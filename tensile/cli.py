@@ -16,6 +16,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("virtual-node", "tensile.controllers.cli"),
     ("webhook", "webhook.cli"),
     ("scheduler", "scheduler.cli"),
+    ("descheduler", "descheduler.cli"),
     ("rbac", "tensile.controllers.rbac_cli"),
 )
 

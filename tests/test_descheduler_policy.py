@@ -64,6 +64,18 @@ def test_unschedulable_downstairs_for_long_enough_is_a_candidate() -> None:
     assert policy.candidate(pod(scheduled=unschedulable(999, "SchedulingGated")), NODES, NOW, OPTIONS) is None
 
 
+def test_tensiles_reflection_as_containers_ready_false_counts_too() -> None:
+    reflected = pod(scheduled={"type": "PodScheduled", "status": "True", "lastTransitionTime": _ago(500)})
+    reflected["status"]["conditions"].append({
+        "type": "ContainersReady", "status": "False", "reason": "Unschedulable", "lastTransitionTime": _ago(90),
+        "message": "lower cluster: 0/2 nodes are available: 2 node(s) had untolerated taint {gone: }."})
+    found = policy.candidate(reflected, NODES, NOW, OPTIONS)
+    assert found is not None and found.reason == "Unschedulable"
+    assert found.message == "0/2 nodes are available: 2 node(s) had untolerated taint {gone: }."
+    reflected["status"]["conditions"][-1]["lastTransitionTime"] = _ago(30)
+    assert policy.candidate(reflected, NODES, NOW, OPTIONS) is None
+
+
 def test_long_pending_counts_only_for_reasons_another_cluster_could_cure() -> None:
     bound = {"type": "PodScheduled", "status": "True", "lastTransitionTime": _ago(200)}
     assert policy.candidate(pod(scheduled=bound, waiting="ImagePullBackOff"), NODES, NOW, OPTIONS) is not None
