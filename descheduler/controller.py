@@ -107,6 +107,8 @@ class Descheduler:
                               name="virtual-nodes")
         self.records = Informer(kube, path("configmaps"), label_selector=f"{avoidance.RECORD_LABEL}=true",
                                 name="avoidance-records")
+        self.budgets = Informer(kube, path("poddisruptionbudgets", group_version="policy/v1"),
+                                name="poddisruptionbudgets")
         #: pod key (or a bare pod's name) -> when it was last moved; also when it was told to stay.
         self.moved: dict[str, float] = {}
         self.stayed: dict[str, float] = {}
@@ -114,7 +116,7 @@ class Descheduler:
         self.beat = time.monotonic()
 
     def informers(self) -> list[Informer]:
-        return [self.pods, self.nodes, self.records]
+        return [self.pods, self.nodes, self.records, self.budgets]
 
     def _event(self, obj: JSON, etype: str, reason: str, message: str) -> None:
         if self.recorder is not None and not self.dry_run:
@@ -152,15 +154,25 @@ class Descheduler:
         if owner is None:
             record = bare_record(pod)
         avoid = avoidance.active(record, now)
+        if owner is not None and node in avoid:
+            # A pod of this owner was moved away from this node within the cooldown and another came
+            # back: moving this one too would only bounce (the webhook applies records to new pods).
+            return self._stay(found, clock, f"a pod of {owner.get('kind')} {owner.get('name')} was already moved "
+                                            f"away from {node} within the cooldown; staying on {node}")
         targets = policy.other_targets(pod, nodes, avoid)
         if not targets:
+            return self._stay(found, clock, f"no other virtual node can take this pod; staying on {node} "
+                                            f"({found.reason}: {found.message})")
+        budget_object = policy.blocking_budget(pod, self.budgets.items())
+        if budget_object is not None:
+            name = budget_object["metadata"]["name"]
             if found.key not in self.stayed:
                 self.stayed[found.key] = clock
-                self._event(_object(pod), "Warning", "NotRescheduled",
-                            f"no other virtual node can take this pod; staying on {node} ({found.reason}: "
-                            f"{found.message})")
-                log.info("%s stays on %s: no other virtual node can take it", found.key, node)
-            return Outcome(found.key, node, "stayed", found.reason)
+                self._event(_object(pod), "Warning", "EvictionBlocked",
+                            f"not rescheduled away from {node}: PodDisruptionBudget {name} allows no disruption "
+                            "now (the Eviction API would let a Pending pod through; the descheduler honours "
+                            "the budget)")
+            return Outcome(found.key, node, "blocked", found.reason, f"PodDisruptionBudget {name}")
         if not budget.allows(node):
             return Outcome(found.key, node, "rate_limited", found.reason)
         budget.spend(node)
@@ -177,6 +189,14 @@ class Descheduler:
         if owner is not None:
             return await self._evict(found, owner, record, until, now, why)
         return await self._recreate(found, avoidance.with_node(record, node, until, now), why)
+
+    def _stay(self, found: Candidate, clock: float, message: str) -> Outcome:
+        """Leave the pod where it is, saying why once per cooldown."""
+        if found.key not in self.stayed:
+            self.stayed[found.key] = clock
+            self._event(_object(found.pod), "Warning", "NotRescheduled", message)
+            log.info("%s stays: %s", found.key, message)
+        return Outcome(found.key, found.node, "stayed", found.reason)
 
     async def _evict(self, found: Candidate, owner: JSON, record: JSON | None, until: datetime.datetime,
                      now: datetime.datetime, why: str) -> Outcome:

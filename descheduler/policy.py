@@ -159,6 +159,37 @@ def other_targets(pod: JSON, virtual_nodes: Mapping[str, JSON], avoid: Iterable[
     return out
 
 
+def selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """A label selector (matchLabels, matchExpressions) against labels; a malformed one selects nothing."""
+    if selector is None:
+        return False
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    try:
+        return all(fit.requirement_matches(expr, labels) for expr in selector.get("matchExpressions") or []
+                   if expr.get("operator") in ("In", "NotIn", "Exists", "DoesNotExist"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def blocking_budget(pod: JSON, budgets: Iterable[JSON]) -> JSON | None:
+    """A PodDisruptionBudget of the pod's namespace that selects it and allows no disruption now.
+
+    The Eviction API lets Pending pods through without looking at budgets (they serve nothing),
+    so the descheduler honours a budget itself: ``maxUnavailable: 0`` means "do not move these".
+    """
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    for budget in budgets:
+        bmeta = budget.get("metadata") or {}
+        if bmeta.get("namespace") != meta.get("namespace"):
+            continue
+        if selects((budget.get("spec") or {}).get("selector"), labels) and int(
+                (budget.get("status") or {}).get("disruptionsAllowed") or 0) <= 0:
+            return budget
+    return None
+
+
 class Budget:
     """Moves left in one pass: per virtual node and in all."""
 

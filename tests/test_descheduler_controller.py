@@ -139,3 +139,33 @@ async def test_expired_records_are_cleaned_up() -> None:
     seed(d.records, live, old)
     assert await d.clean_records(NOW) == 1
     assert [p for p, _ in kube.of("DELETE")] == ["/api/v1/namespaces/ns/configmaps/tensile-avoid-rs-2"]
+
+
+def _pdb(allowed: int, labels: dict[str, str] | None = None, ns: str = "ns") -> dict[str, Any]:
+    return {"metadata": {"name": "web", "namespace": ns}, "spec": {"selector": {"matchLabels": labels or {}}},
+            "status": {"disruptionsAllowed": allowed}}
+
+
+async def test_a_budget_allowing_no_disruption_blocks_the_move_though_the_eviction_api_would_not() -> None:
+    kube = FakeKube()
+    stuck = _stuck()
+    stuck["metadata"]["labels"] = {"app": "web"}
+    d = _desched(kube, stuck)
+    seed(d.budgets, _pdb(0, {"app": "web"}))
+    outcomes = await d.run_once(NOW)
+    assert [(o.action, o.detail) for o in outcomes] == [("blocked", "PodDisruptionBudget web")]
+    assert kube.of("POST") == []
+    d2 = _desched(FakeKube(), stuck)
+    seed(d2.budgets, _pdb(1, {"app": "web"}), _pdb(0, {"app": "other"}), _pdb(0, {"app": "web"}, ns="elsewhere"))
+    assert [o.action for o in await d2.run_once(NOW)] == ["evicted"]
+
+
+async def test_a_replacement_back_on_the_avoided_node_is_not_moved_again() -> None:
+    kube = FakeKube()
+    d = _desched(kube, _stuck("web-1"))
+    assert [o.action for o in await d.run_once(NOW)] == ["evicted"]
+    record = kube.of("POST")[0][1]
+    seed(d.records, record)
+    seed(d.pods, _stuck("web-2"))  # the ReplicaSet's replacement, pinned to vk-a again
+    assert [o.action for o in await d.run_once(NOW)] == ["stayed"]
+    assert len(kube.of("POST")) == 2  # the record and the first eviction only

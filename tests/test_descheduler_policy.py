@@ -182,3 +182,19 @@ def test_an_avoiding_pod_never_matches_an_avoided_node(allowed: list[str], avoid
         matches = fit.placement_matches(out, labels, node)
         was = fit.placement_matches(spec, labels, node)
         assert matches == (was and node not in avoid)
+
+
+def test_label_selectors_and_blocking_budgets() -> None:
+    assert policy.selects({"matchLabels": {"app": "web"}}, {"app": "web", "x": "1"})
+    assert not policy.selects({"matchLabels": {"app": "web"}}, {"app": "db"})
+    assert policy.selects({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]},
+                          {"tier": "b"})
+    assert policy.selects({}, {"anything": "x"})  # policy/v1: an empty selector selects every pod
+    assert not policy.selects(None, {"app": "web"})
+    assert not policy.selects({"matchExpressions": [{"key": "tier", "operator": "In", "values": "a"}]}, {})
+    p = pod()
+    p["metadata"]["labels"] = {"app": "web"}
+    budget = {"metadata": {"name": "b", "namespace": "ns"}, "spec": {"selector": {"matchLabels": {"app": "web"}}},
+              "status": {"disruptionsAllowed": 0}}
+    assert policy.blocking_budget(p, [budget]) is budget
+    assert policy.blocking_budget(p, [{**budget, "status": {"disruptionsAllowed": 1}}]) is None
