@@ -78,6 +78,13 @@ def manifest(namespace: str, owner: Mapping[str, Any], entries: Mapping[str, str
     }
 
 
+def is_avoidance(requirement: Any) -> bool:
+    """A ``kubernetes.io/hostname NotIn [...]`` requirement: it excludes nodes by name, virtual ones
+    included, so it means the same upstairs and downstairs and the webhook keeps it upstairs."""
+    return (isinstance(requirement, dict) and requirement.get("key") == c.HOSTNAME_LABEL
+            and requirement.get("operator") == "NotIn")
+
+
 def _requirement(nodes: list[str]) -> JSON:
     return {"key": c.HOSTNAME_LABEL, "operator": "NotIn", "values": nodes}
 

@@ -127,8 +127,10 @@ def check_affinity(affinity: JSONObject | None, where: str) -> JSONObject | None
 # --- affinity arithmetic ------------------------------------------------------------------------------
 
 
-def filter_required(required: JSONObject, drop: Callable[[str], bool], where: str) -> JSONObject | None:
-    """Remove the requirements whose key satisfies ``drop`` from a required node-affinity block.
+def filter_required(required: JSONObject, drop: Callable[[str], bool], where: str,
+                    keep: Callable[[JSONObject], bool] | None = None) -> JSONObject | None:
+    """Remove the requirements whose key satisfies ``drop`` (unless ``keep`` says otherwise) from a
+    required node-affinity block.
 
     Terms are ORed and the requirements inside a term are ANDed. A term that loses *all* its
     requirements no longer constrains anything, so the whole OR is unconstrained and the block is
@@ -161,7 +163,7 @@ def filter_required(required: JSONObject, drop: Callable[[str], bool], where: st
                 key = requirement.get("key")
                 if not isinstance(key, str):
                     raise MalformedPodError(f"{requirement_where}.key must be a string")
-                if drop(key):
+                if drop(key) and not (keep is not None and keep(requirement)):
                     removed = True
                 else:
                     survivors.append(raw)

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tensile import avoidance
 from tensile.cluster_selector import filter_required, is_virtual_node_toleration, restore_constraints
 from tensile.conventions import (
     CLUSTER_ID_LABEL,
@@ -1074,7 +1075,8 @@ def assert_fits_a_virtual_node(upper_spec: dict, options: MutateOptions) -> None
     assert terms != []  # an empty nodeSelectorTerms list is invalid in Kubernetes
     for term in terms or []:
         for requirement in term.get("matchExpressions", []) + term.get("matchFields", []):
-            assert requirement["key"] in options.ignore_selector_keys
+            # Upper-only keys stay, and so does excluding hosts by name (the descheduler's avoidance).
+            assert requirement["key"] in options.ignore_selector_keys or avoidance.is_avoidance(requirement)
     assert all(c.get("whenUnsatisfiable") == "ScheduleAnyway" for c in upper_spec.get(SPREAD) or [])
     anti = ((upper_spec.get("affinity") or {}).get("podAntiAffinity") or {}).get(REQ) or []
     assert all(term["topologyKey"] != HOSTNAME_LABEL for term in anti)
@@ -1293,3 +1295,33 @@ def test_property_restore_of_any_annotation_returns_a_spec_or_raises_value_error
     except ValueError:
         return
     assert isinstance(spec, dict)
+
+
+def test_a_new_pod_of_an_owner_the_descheduler_moved_avoids_those_nodes_upstairs_only() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def avoided(pod: dict, namespace: str) -> list[str]:
+        seen.append((pod["metadata"]["name"], namespace))
+        return ["vk-a"]
+
+    options = MutateOptions(avoided=avoided)
+    view = apiserver_view(make_pod({"containers": [{"name": "c"}],
+                                    "nodeSelector": {"disktype": "ssd"}}))
+    upper = apply(view, mutate_pod(view, options))
+    terms = required_terms(upper["spec"])
+    assert terms == [{"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "NotIn", "values": ["vk-a"]}]}]
+    restored = restore_constraints(upper["spec"], annotation_of(upper), upper_only_keys=VIRTUAL_NODE_KEYS)
+    assert restored.get("nodeSelector") == {"disktype": "ssd"}
+    assert not ((restored.get("affinity") or {}).get("nodeAffinity"))  # the avoidance stays upstairs
+    assert seen and seen[0][1] == view["metadata"].get("namespace", seen[0][1])
+    assert mutate_pod(upper, options) == []  # settled
+
+
+def test_an_avoidance_already_in_the_spec_stays_upstairs() -> None:
+    spec = {"containers": [{"name": "c"}], "affinity": {"nodeAffinity": {REQ: {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]},
+                              {"key": HOSTNAME_LABEL, "operator": "NotIn", "values": ["vk-a"]}]}]}}}}
+    view = apiserver_view(make_pod(spec))
+    upper = apply(view, mutate_pod(view, MutateOptions()))
+    assert required_terms(upper["spec"]) == [
+        {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "NotIn", "values": ["vk-a"]}]}]

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from tensile import cluster_selector
+from tensile import avoidance, cluster_selector
 from tensile.cluster_selector import (
     REQUIRED,
     SPREAD_FIELD,
@@ -118,6 +119,10 @@ class MutateOptions:
     add_unreachable_tolerations: bool = True
     unreachable_toleration_seconds: int | None = None
     signing_key: bytes = dataclasses.field(default=_PROCESS_KEY, repr=False)
+    #: The virtual nodes a new pod must avoid (the descheduler's records for its owner), looked up
+    #: by the server in its cache; None: no records are read.
+    avoided: Callable[[JSONObject, str], Sequence[str]] | None = dataclasses.field(
+        default=None, repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +204,8 @@ def _relaxed_affinity(affinity: JSONObject | None, keep_keys: frozenset[str]) ->
     relaxed = affinity
     required = required_of(affinity, where)
     if required is not None:
-        new_required = filter_required(required, lambda key: key not in keep_keys, f"{where}.nodeAffinity.{REQUIRED}")
+        new_required = filter_required(required, lambda key: key not in keep_keys, f"{where}.nodeAffinity.{REQUIRED}",
+                                       keep=avoidance.is_avoidance)
         if new_required is not required:
             relaxed = with_required(relaxed, new_required, keep_empty=False)
     return _without_host_anti_affinity(relaxed, where)
@@ -289,12 +295,31 @@ def mutate(pod: JSONObject, options: MutateOptions | None = None, *, namespace: 
     if target is None:
         return Mutation()
     annotations, spec, pod_namespace = target
-    base = _base(annotations or {}, spec, pod_namespace, options)
+    avoid = list(options.avoided(pod, pod_namespace)) if options.avoided is not None else []
+    base = _base(annotations or {}, spec, pod_namespace, options, avoid)
     if base is None:
-        return Mutation()
-    patch = _annotation_ops(annotations, _signed(base.saved, pod_namespace, options))
-    patch += _spec_ops(spec, upper_constraints(base.saved, options), base.fields)
-    return Mutation(patch, base.warnings, base.reason)
+        if not avoid:
+            return Mutation()
+        upper, patch = dict(spec), []
+        fields: tuple[str, ...] = ("affinity",)
+        reason = "avoidance"
+    else:
+        upper, fields = upper_constraints(base.saved, options), base.fields
+        patch = _annotation_ops(annotations, _signed(base.saved, pod_namespace, options))
+        reason = base.reason
+    if avoid:
+        # The descheduler moved a pod of this owner away from these virtual nodes: not there again.
+        upper = _avoiding(upper, avoid)
+        fields = tuple(f for f in _UPPER_FIELDS if f in fields or f == "affinity")
+    patch += _spec_ops(spec, upper, fields)
+    return Mutation(patch, base.warnings if base is not None else (), reason)
+
+
+def _avoiding(upper: JSONObject, avoid: Sequence[str]) -> JSONObject:
+    """``upper`` whose affinity also excludes the ``avoid`` nodes by name."""
+    if not avoid:
+        return upper
+    return {**upper, "affinity": avoidance.avoiding({"affinity": upper.get("affinity")}, avoid)["affinity"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +349,8 @@ def _target(pod: JSONObject, request_namespace: str | None) -> tuple[JSONObject 
     return annotations, spec, namespace
 
 
-def _base(annotations: JSONObject, spec: JSONObject, namespace: str, options: MutateOptions) -> _Base | None:
+def _base(annotations: JSONObject, spec: JSONObject, namespace: str, options: MutateOptions,
+          avoid: Sequence[str] = ()) -> _Base | None:
     """The originals: from our own annotation when its signature verifies, else from the spec.
 
     ``None`` when our annotation is there and nothing was added since: nothing to do.
@@ -332,7 +358,7 @@ def _base(annotations: JSONObject, spec: JSONObject, namespace: str, options: Mu
     existing = annotations.get(CLUSTER_SELECTOR_ANNOTATION)
     signature = annotations.get(CLUSTER_SELECTOR_SIGNATURE_ANNOTATION)
     if signing.verify(options.signing_key, namespace, existing, signature):
-        return _folded(cluster_selector.parse(existing), spec, options)
+        return _folded(cluster_selector.parse(existing), spec, options, avoid)
     saved = SavedConstraints.from_spec(spec, options.ignore_selector_keys)
     if existing is None:
         return _Base(saved)
@@ -344,14 +370,16 @@ def _namespace_of(metadata: JSONObject, request_namespace: str | None) -> str:
     return namespace if isinstance(namespace, str) and namespace else request_namespace or ""
 
 
-def _folded(previous: SavedConstraints, spec: JSONObject, options: MutateOptions) -> _Base | None:
+def _folded(previous: SavedConstraints, spec: JSONObject, options: MutateOptions,
+            avoid: Sequence[str] = ()) -> _Base | None:
     """A re-invocation: ``previous`` plus what was added since; ``None`` if nothing was.
 
     Only the fields something was added to are relaxed again; the others stay as they are, so a
     later webhook's removal is not undone. Other ignore keys than ``previous``'s (another webhook
     replica's flags) change every field's relaxation, so then all are rewritten.
     """
-    added = reinvocation.additions(spec, upper_constraints(previous, options))
+    # The avoidance this webhook adds is expected, not something a later webhook added.
+    added = reinvocation.additions(spec, _avoiding(upper_constraints(previous, options), avoid))
     same_keys = previous.ignore_selector_keys == options.ignore_selector_keys
     if not added and same_keys:
         return None
