@@ -136,7 +136,7 @@ class Descheduler:
         outcomes: list[Outcome] = []
         for pod in sorted(self.pods.items(), key=lambda p: (p["metadata"].get("namespace"), p["metadata"]["name"])):
             found = policy.candidate(pod, nodes, now, self.options)
-            if found is None or found.key in self.moved:
+            if found is None:
                 continue
             outcome = await self._consider(found, nodes, budget, now, clock)
             if outcome is not None:
@@ -162,6 +162,9 @@ class Descheduler:
         targets = policy.other_targets(pod, nodes, avoid)
         if not targets:
             return self._stay(found, clock, f"no other virtual node can take this pod; staying on {node} "
+                                            f"({found.reason}: {found.message})")
+        if found.key in self.moved:
+            return self._stay(found, clock, f"moved once within the cooldown already; staying on {node} "
                                             f"({found.reason}: {found.message})")
         budget_object = policy.blocking_budget(pod, self.budgets.items())
         if budget_object is not None:

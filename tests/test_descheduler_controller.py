@@ -43,7 +43,9 @@ async def test_a_controller_owned_pod_gets_a_record_then_is_evicted() -> None:
     assert avoidance.active(record, NOW + datetime.timedelta(seconds=601)) == []
     assert eviction_path == "/api/v1/namespaces/ns/pods/web-1/eviction"
     assert eviction["deleteOptions"] == {"preconditions": {"uid": "uid-web-1"}}
-    assert await d.run_once(NOW) == []  # moved: not again within the cooldown
+    # Still there (an eviction takes a moment): not moved again within the cooldown, and nothing written.
+    assert [o.action for o in await d.run_once(NOW)] == ["stayed"]
+    assert len(kube.of("POST")) == 2
 
 
 async def test_a_pdb_refusal_is_reported_and_the_pod_stays() -> None:
@@ -166,6 +168,7 @@ async def test_a_replacement_back_on_the_avoided_node_is_not_moved_again() -> No
     assert [o.action for o in await d.run_once(NOW)] == ["evicted"]
     record = kube.of("POST")[0][1]
     seed(d.records, record)
+    d.pods.store.pop("ns/web-1")  # evicted
     seed(d.pods, _stuck("web-2"))  # the ReplicaSet's replacement, pinned to vk-a again
     assert [o.action for o in await d.run_once(NOW)] == ["stayed"]
     assert len(kube.of("POST")) == 2  # the record and the first eviction only

@@ -192,3 +192,16 @@ def test_kubelet_api_series_follow_the_conventions() -> None:
     families = _families(registry)
     routes = {s.labels["route"] for s in families["tensile_kubelet_requests"].samples}
     assert routes == {"exec", "other"}  # never a path or a pod
+
+
+def test_descheduler_series_follow_the_conventions() -> None:
+    from descheduler.cli import Loop
+    from descheduler.controller import Descheduler
+    from descheduler.policy import Options
+
+    registry = CollectorRegistry()
+    loop = Loop(Descheduler(FakeKube(), Options()), 10.0, None, registry)  # type: ignore[arg-type]
+    loop.moves.labels("evicted", "Unschedulable", "vk-a").inc()
+    loop.duration.observe(0.01)
+    assert convention_problems(registry) == []
+    assert "tensile_descheduler_pods_evicted" in _families(registry)

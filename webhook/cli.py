@@ -138,7 +138,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         dest="serve_kubeconfig",
         type=Path,
         default=None,
-        help="accepted for compatibility with Tensile Kube; the webhook makes no API calls",
+        help="upper cluster, for --avoidance-records (default: in-cluster credentials); without that flag it is "
+             "accepted for compatibility with Tensile Kube and unused",
+    )
+    serve.add_argument(
+        "--avoidance-records",
+        action="store_true",
+        help="keep new pods of an owner off the virtual nodes `tensile descheduler` moved its pods away from "
+             "(watches ConfigMaps labelled tensile.io/avoidance=true: needs list and watch on configmaps)",
     )
     flags.add_metrics_flag(serve, _METRICS_ADDR, "webhook")
     _add_logging_flags(parser, "0", "auto")
@@ -219,6 +226,8 @@ def _run_serve(args: argparse.Namespace) -> int:
             bind_address=args.bind_address,
             signing_key_file=signing_file,
             metrics_addr=args.metrics_addr,
+            avoidance_records=args.avoidance_records,
+            kubeconfig=args.serve_kubeconfig,
             mutate=MutateOptions(
                 ignore_selector_keys=args.ignore_selector_keys,
                 add_virtual_node_selector=args.virtual_node_selector,

@@ -38,12 +38,14 @@ from aiohttp import web
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
+from tensile.kube.client import Kube
 from tensile.kube.metrics import new_registry
 from tensile.kube.serving import OpsServer, Readiness
 from tensile.kube.supervisor import Supervisor
 from tensile.logs import V
 from webhook.metrics import WebhookMetrics, result_label
 from webhook.mutate import MutateOptions
+from webhook.records import AvoidanceRecords
 from webhook.review import Decision, handle_review
 from webhook.signing import derive_key
 
@@ -87,6 +89,9 @@ class ServerOptions:
     signing_key_file: Path | None = None
     #: Where :func:`serve` serves ``/metrics``, ``/healthz`` and ``/readyz`` over plain HTTP; ``None``: nowhere.
     metrics_addr: tuple[str, int] | None = None
+    #: Read the descheduler's avoidance records (with this kubeconfig; ``None``: in-cluster credentials).
+    avoidance_records: bool = False
+    kubeconfig: Path | None = None
 
 
 def signing_key(options: ServerOptions) -> bytes:
@@ -283,6 +288,12 @@ async def start(options: ServerOptions, registry: CollectorRegistry | None = Non
     ``registry`` (see :func:`create_app`).
     """
     context = ssl_context(options.tls_cert_file, options.tls_key_file)
+    records = None
+    if options.avoidance_records:
+        kube = await Kube.from_kubeconfig(str(options.kubeconfig) if options.kubeconfig else None, 20.0, 40,
+                                          name="upper")
+        records = AvoidanceRecords(kube)
+        options = dataclasses.replace(options, mutate=dataclasses.replace(options.mutate, avoided=records.avoided))
     app = create_app(options, registry)
     reloader = CertReloader(options, context, app)
     app[_RELOADER] = reloader
@@ -291,8 +302,12 @@ async def start(options: ServerOptions, registry: CollectorRegistry | None = Non
         supervisor = app[_STATE].supervisor
         supervisor.spawn("certificate reloader", lambda: reloader.run(CERT_CHECK_SECONDS),
                          progress=lambda: reloader.last_check, stall_after=RELOADER_STALL_AFTER)
+        if records is not None:
+            records.start(supervisor)
         yield
         await supervisor.stop()
+        if records is not None:
+            await records.close()
 
     app.cleanup_ctx.append(reload_certs)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=options.shutdown_timeout)

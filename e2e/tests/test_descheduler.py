@@ -17,6 +17,7 @@ from e2e.fixtures import _start, _stop
 from e2e.kube_helpers import create_namespace, deployment_manifest, events_for, pod_manifest, unique
 from e2e.kwok import NodeSpec
 from e2e.virtualnode import VirtualNodeProcess
+from e2e.webhookproc import WebhookProcess
 from tensile import conventions as c
 
 pytestmark = pytest.mark.e2e
@@ -80,7 +81,7 @@ def test_a_bare_pod_is_recreated_on_another_virtual_node_by_one_of_two_replicas(
         assert new.spec.containers[0].env[0].value == "batch"
         wait_for(lambda: lower_b.core.read_namespaced_pod("lonely", ns).status.phase == "Running", 60,
                  what="running in lower cluster B")
-        assert sum(log.count("recreated ") for log in _logs(*replicas)) == 1  # one replica acted, once
+        assert sum(log.count(f"recreated {ns}/lonely ") for log in _logs(*replicas)) == 1  # one acted, once
         lease = k8s.CoordinationV1Api(upper.api()).read_namespaced_lease("tensile-descheduler", "kube-system")
         assert lease.spec.holder_identity
         assert [cm.metadata.name for cm in upper.core.list_namespaced_config_map(ns).items
@@ -88,6 +89,45 @@ def test_a_bare_pod_is_recreated_on_another_virtual_node_by_one_of_two_replicas(
     finally:
         for d in replicas:
             d.stop()
+
+
+def test_a_deployments_pod_is_evicted_and_its_replacement_avoids_the_node(mesh: Mesh) -> None:
+    """With the webhook reading the avoidance records, the ReplicaSet's replacement lands on vk-b."""
+    upper, _, lower_b = mesh
+    ns = unique("move")
+    create_namespace(upper, ns)
+    labels = {"app": "shop", c.VIRTUAL_POD_LABEL: c.VIRTUAL_POD_VALUE}
+    apps = k8s.AppsV1Api(upper.api())
+    with WebhookProcess(upper, extra_args=["--avoidance-records", f"--kubeconfig={upper.kubeconfig}"]):
+        # vk-b cordoned while the first pod is placed: it goes to vk-a, which cannot start it.
+        upper.core.patch_node("vk-b", {"spec": {"unschedulable": True}})
+        try:
+            dep = deployment_manifest("shop", 1, labels)
+            for key in ("tolerations", "nodeSelector"):  # the webhook adds what a virtual node needs
+                dep["spec"]["template"]["spec"].pop(key, None)
+            apps.create_namespaced_deployment(ns, dep)
+            first = wait_for(lambda: next((p for p in upper.core.list_namespaced_pod(ns).items if p.spec.node_name),
+                                          None), 60, what="the first pod placed")
+            assert first.spec.node_name == "vk-a"
+            wait_for(lambda: _stuck_upstairs(upper, ns, first.metadata.name), 60, what="refused in lower cluster A")
+        finally:
+            upper.core.patch_node("vk-b", {"spec": {"unschedulable": False}})
+        with DeschedulerProcess(upper, "descheduler-move") as d:
+            replacement = wait_for(lambda: next((p for p in upper.core.list_namespaced_pod(ns).items
+                                                 if p.metadata.uid != first.metadata.uid and p.spec.node_name), None),
+                                   90, what="the replacement placed")
+            assert replacement.spec.node_name == "vk-b"
+            terms = replacement.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
+            assert any(e.key == c.HOSTNAME_LABEL and e.operator == "NotIn" and e.values == ["vk-a"]
+                       for t in terms.node_selector_terms for e in t.match_expressions or [])
+            wait_for(lambda: lower_b.core.read_namespaced_pod(replacement.metadata.name, ns).status.phase == "Running",
+                     60, what="the replacement running in lower cluster B")
+            owner = replacement.metadata.owner_references[0].uid
+            record = upper.core.read_namespaced_config_map(f"tensile-avoid-{owner}", ns)
+            assert "vk-a" in record.data["avoid"]
+            reasons = {e.reason for e in events_for(upper, ns, first.metadata.name)}
+            assert "Rescheduled" in reasons
+            assert d.metrics().total("tensile_descheduler_pods_evicted_total", result="evicted") == 1
 
 
 def test_a_pdb_with_max_unavailable_zero_blocks_the_eviction(mesh: Mesh) -> None:
@@ -128,3 +168,28 @@ def test_dry_run_changes_nothing(mesh: Mesh) -> None:
         == []
     assert [cm.metadata.name for cm in upper.core.list_namespaced_config_map(ns).items
             if cm.metadata.name.startswith("tensile-")] == []
+
+
+def test_with_both_lower_clusters_full_a_pod_moves_at_most_once_per_cooldown(mesh: Mesh) -> None:
+    upper, _, lower_b = mesh
+    lower_b.core.patch_node("b-0", {"spec": {"taints": [FULL]}})
+    try:
+        ns = unique("full")
+        create_namespace(upper, ns)
+        upper.core.create_namespaced_pod(ns, pod_manifest("roamer", node_name="vk-a", labels={"app": "roamer"}))
+        wait_for(lambda: _stuck_upstairs(upper, ns, "roamer"), 60, what="refused in lower cluster A")
+        with DeschedulerProcess(upper, "descheduler-full", extra_args=["--cooldown=10m"]) as d:
+            moved = wait_for(lambda: (p := upper.core.read_namespaced_pod("roamer", ns)).spec.node_name == "vk-b"
+                             and p, 90, what="moved once, to vk-b")
+            wait_for(lambda: _stuck_upstairs(upper, ns, "roamer"), 60, what="refused in lower cluster B as well")
+            event = wait_for(lambda: next((e for e in events_for(upper, ns, "roamer")
+                                           if e.reason == "NotRescheduled" and e.involved_object.uid
+                                           == moved.metadata.uid), None), 60, what="the staying Event")
+            assert "no other virtual node can take this pod; staying on vk-b" in event.message
+            passes = d.metrics().total("tensile_descheduler_pass_duration_seconds_count")
+            wait_for(lambda: d.metrics().total("tensile_descheduler_pass_duration_seconds_count") >= passes + 3, 30,
+                     what="three more passes")
+            assert upper.core.read_namespaced_pod("roamer", ns).metadata.uid == moved.metadata.uid
+            assert d.log_path.read_text().count(f"recreated {ns}/roamer ") == 1
+    finally:
+        lower_b.core.patch_node("b-0", {"spec": {"taints": []}})
