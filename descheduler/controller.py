@@ -206,18 +206,21 @@ class Descheduler:
         pod = found.pod
         meta = pod["metadata"]
         ns, name = meta.get("namespace", ""), meta["name"]
-        entries = avoidance.with_node(record, found.node, until, now)
-        body = avoidance.manifest(ns, owner, entries)
+        body = avoidance.manifest(ns, owner, avoidance.with_node(record, found.node, until, now))
+        record_path = path("configmaps", ns, body["metadata"]["name"])
         try:
             if record is None:
                 try:
                     await self.kube.create(path("configmaps", ns), body)
                 except ApiError as exc:
-                    if not exc.conflict and exc.status != 409:
+                    if exc.status != 409:
                         raise
-                    await self.kube.patch(path("configmaps", ns, body["metadata"]["name"]), {"data": body["data"]})
+                    # Made since the cache last heard (another pod of the owner this pass): merge into it.
+                    current = await self.kube.get(record_path)
+                    entries = avoidance.with_node(current, found.node, until, now)
+                    await self.kube.patch(record_path, {"data": avoidance.manifest(ns, owner, entries)["data"]})
             else:
-                await self.kube.patch(path("configmaps", ns, body["metadata"]["name"]), {"data": body["data"]})
+                await self.kube.patch(record_path, {"data": body["data"]})
             await self.kube.create(path("pods", ns, name, "eviction"), {
                 "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns},
                 "deleteOptions": {"preconditions": {"uid": meta.get("uid")}}})

@@ -172,3 +172,16 @@ async def test_a_replacement_back_on_the_avoided_node_is_not_moved_again() -> No
     seed(d.pods, _stuck("web-2"))  # the ReplicaSet's replacement, pinned to vk-a again
     assert [o.action for o in await d.run_once(NOW)] == ["stayed"]
     assert len(kube.of("POST")) == 2  # the record and the first eviction only
+
+
+async def test_a_record_made_since_the_cache_heard_is_merged_not_overwritten() -> None:
+    kube = FakeKube()
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-1"}
+    existing = avoidance.manifest("ns", owner,
+                                  avoidance.with_node(None, "vk-c", NOW + datetime.timedelta(minutes=5), NOW))
+    kube.answer("POST", "/api/v1/namespaces/ns/configmaps", ApiError(409, "AlreadyExists", "exists"))
+    kube.answer("GET", "/api/v1/namespaces/ns/configmaps/tensile-avoid-rs-1", existing)
+    d = _desched(kube, _stuck())
+    assert [o.action for o in await d.run_once(NOW)] == ["evicted"]
+    (_, patch), = kube.of("PATCH")
+    assert sorted(json.loads(patch["data"]["avoid"])) == ["vk-a", "vk-c"]
