@@ -47,6 +47,7 @@ bench: binaries
 	$(PY) bench/pods.py
 	$(PY) bench/scheduler.py
 	$(PY) -m bench.kubelet
+	$(PY) -m bench.descheduler
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
