@@ -35,7 +35,7 @@ test-long: binaries
 	$(PY) -m pytest -q -m long e2e/tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check tensile webhook scheduler descheduler e2e tests bench
+	$(PY) -m ruff check tensile webhook scheduler descheduler topology e2e tests bench
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 

@@ -21,7 +21,9 @@ module that requires it and maps each staging module to its published
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import platform
@@ -34,6 +36,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from e2e import versions
@@ -263,6 +266,52 @@ def _publish(src: Path, dest: Path) -> None:
 
 # --- resolution --------------------------------------------------------------
 
+#: How long to wait for another process building the same component (a cold Go build takes minutes).
+LOCK_TIMEOUT = 3600.0
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, what: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """One process at a time obtains a component: concurrent runs (two test sessions, ``make binaries`` beside
+    ``make test``) would otherwise share its build directory and publish half of it."""
+    with open(lock_path, "w") as f:
+        deadline = time.monotonic() + timeout
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    log.info("another process is obtaining %s; waiting for it (up to %.0f s)", what, timeout)
+                    waiting = True
+                if time.monotonic() > deadline:
+                    raise BinariesUnavailable(f"gave up waiting {timeout:.0f} s for another process obtaining "
+                                              f"{what} (lock {lock_path})") from None
+                time.sleep(1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _obtain(c: Component, dest: Path, online: bool | None, allow_download: bool, allow_build: bool,
+            go: str | None) -> bool | None:
+    """Download or build one component into ``dest``; returns what is known of the network."""
+    if online is None and c.downloadable:
+        online = allow_download and not os.environ.get("TENSILE_NO_DOWNLOAD") and network_available()
+    if online and c.downloadable:
+        try:
+            download(c, dest)
+            return online
+        except (urllib.error.URLError, OSError) as exc:
+            log.warning("download of %s failed (%s); trying a Go build", c.name, exc)
+    if not (allow_build and go):
+        why = "no `go` on PATH" if not go else "building is disabled"
+        raise BinariesUnavailable(_no_way_message("no cached copy, no network, and " + why))
+    go_build(c, dest, go)
+    return online
+
 def _no_way_message(reason: str) -> str:
     return (
         "tensile needs etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok "
@@ -297,18 +346,11 @@ def ensure_binaries(allow_build: bool = True, allow_download: bool = True) -> Pa
         dest = root / c.cache_key
         if _complete(dest, c.binaries):
             continue
-        if online is None and c.downloadable:
-            online = allow_download and not os.environ.get("TENSILE_NO_DOWNLOAD") and network_available()
-        if online and c.downloadable:
-            try:
-                download(c, dest)
-                continue
-            except (urllib.error.URLError, OSError) as exc:
-                log.warning("download of %s failed (%s); trying a Go build", c.name, exc)
-        if not (allow_build and go):
-            why = "no `go` on PATH" if not go else "building is disabled"
-            raise BinariesUnavailable(_no_way_message("no cached copy, no network, and " + why))
-        go_build(c, dest, go)
+        with _exclusive(root / f".{c.cache_key}.lock", c.name):
+            if _complete(dest, c.binaries):
+                continue  # another process made it while we waited
+            online = _obtain(c, dest, online, allow_download, allow_build, go)
+
 
     link_dir = root / f"bin-{versions.KUBERNETES}-etcd-{versions.ETCD}-kwok-{versions.KWOK}"
     link_dir.mkdir(exist_ok=True)

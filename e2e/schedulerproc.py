@@ -7,12 +7,24 @@ is removed from its environment, so a test can show it decides from the publishe
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import urllib.request
+from typing import Any
+
+import yaml
 
 from e2e.cluster import LocalCluster
 from e2e.metrics import Samples, scrape
 from e2e.process import Process, Supervised, free_port
+
+
+def kube_scheduler_config(url: str) -> dict[str, Any]:
+    """What ``tensile scheduler config --url URL`` prints: the kube-scheduler configuration that calls the extender."""
+    proc = subprocess.run([sys.executable, "-m", "tensile.cli", "scheduler", "config", "--url", url],
+                          capture_output=True, text=True, timeout=60, check=True)
+    config: dict[str, Any] = yaml.safe_load(proc.stdout)
+    return config
 
 
 class SchedulerProcess(Supervised):

@@ -30,7 +30,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from scheduler.wire import MAX_PRIORITY
-from tensile import capacity, translate
+from tensile import capacity, origin, translate
+from tensile import conventions as c
 from tensile.cluster_selector import MalformedPodError
 from tensile.profile import Profile, Query, Vector, Verdict
 
@@ -49,6 +50,8 @@ class Missing(enum.StrEnum):
 
 #: Outcomes counted per candidate, the ``verdict`` label of ``tensile_scheduler_verdicts_total``.
 FITS, FULL, NEVER, NOT_VIRTUAL = "fits", "full", "never", "not_virtual"
+#: The virtual node leads back into the pod's origin chain.
+LOOP = "loop"
 NO_PROFILE, STALE, INVALID = "no_profile", "stale", "invalid"
 
 
@@ -93,10 +96,22 @@ class Knowledge:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.virtual: set[str] = set()
         self.profiles: dict[str, Known] = {}
+        #: virtual node -> the lower cluster it leads to (``tensile.io/lower-cluster``), when it says.
+        self.leads_to: dict[str, str] = {}
         self.clock = clock
 
-    def node_seen(self, name: str, present: bool) -> None:
+    def node_seen(self, name: str, present: bool, lower_cluster: str = "") -> None:
         (self.virtual.add if present else self.virtual.discard)(name)
+        if present and lower_cluster:
+            self.leads_to[name] = lower_cluster
+        else:
+            self.leads_to.pop(name, None)
+
+    def loop_reason(self, pod: JSONObject, name: str, node: JSONObject | None) -> str | None:
+        """Why ``pod`` must not go to virtual node ``name``: back into its origin chain (see ``tensile.origin``)."""
+        if node is None:
+            node = {"metadata": {"name": name, "labels": {c.LOWER_CLUSTER_LABEL: self.leads_to.get(name, "")}}}
+        return origin.loop_reason(pod, node)
 
     def profile_seen(self, name: str, status: Any, age: float = 0.0) -> None:
         """A ClusterProfile was added or changed; ``age``: how old its heartbeat already is (first sight)."""
@@ -157,6 +172,11 @@ class Extender:
                 decision.passed.append(name)
                 decision.scores[name] = MAX_PRIORITY
                 decision.counts[NOT_VIRTUAL] += 1
+                continue
+            loop = self.knowledge.loop_reason(pod, name, node)
+            if loop is not None:
+                decision.unresolvable[name] = loop
+                decision.counts[LOOP] += 1
                 continue
             known = self.knowledge.profiles.get(name)
             why = self._unusable(known, now)

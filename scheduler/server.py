@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from scheduler import wire
 from scheduler.extender import Extender, Knowledge, Policy
 from scheduler.metrics import ProfileCollector, SchedulerMetrics
-from tensile import clusterprofile, timestamps
+from tensile import clusterprofile, origin, timestamps
 from tensile import conventions as c
 from tensile.kube import crds
 from tensile.kube.client import JSON, Kube, path
@@ -66,8 +66,13 @@ def ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
 
 
 def _name_only(node: JSON) -> JSON:
+    """A virtual node as the extender needs it: its name, and the cluster it leads to (for the loop rule)."""
     meta = node.get("metadata") or {}
-    return {"metadata": {k: meta.get(k) for k in ("name", "resourceVersion")}}
+    out: JSON = {"metadata": {k: meta.get(k) for k in ("name", "resourceVersion")}}
+    lower = origin.lower_cluster_of(node)
+    if lower:
+        out["metadata"]["labels"] = {c.LOWER_CLUSTER_LABEL: lower}
+    return out
 
 
 class SchedulerServer:
@@ -97,7 +102,8 @@ class SchedulerServer:
 
     def _on_node(self, old: JSON | None, new: JSON | None) -> None:
         obj = new or old or {}
-        self.knowledge.node_seen(str((obj.get("metadata") or {}).get("name") or ""), new is not None)
+        self.knowledge.node_seen(str((obj.get("metadata") or {}).get("name") or ""), new is not None,
+                                 origin.lower_cluster_of(obj))
 
     def _on_profile(self, old: JSON | None, new: JSON | None) -> None:
         obj = new or old or {}

@@ -18,6 +18,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("scheduler", "scheduler.cli"),
     ("descheduler", "descheduler.cli"),
     ("rbac", "tensile.controllers.rbac_cli"),
+    ("topology", "topology.cli"),
 )
 
 

@@ -66,6 +66,15 @@ OWNER_CLUSTER_LABEL: Final = PREFIX + "upper-cluster"
 OWNER_NODE_LABEL: Final = PREFIX + "virtual-node"
 #: On lower pods: the upper pod's UID.
 UPPER_UID_ANNOTATION: Final = PREFIX + "upper-uid"
+#: On lower objects in ``--namespace-mapping suffixed`` mode: the upper namespace they came from.
+UPPER_NAMESPACE_ANNOTATION: Final = PREFIX + "upper-namespace"
+#: On lower pods: the clusters the pod came through, oldest first, as kube-system UIDs joined by
+#: commas (the cluster it was created in, ..., the cluster the copy is in). A virtual node leading
+#: to a cluster in the chain is never a place for it: that is what keeps a ring of clusters safe.
+ORIGIN_CHAIN_ANNOTATION: Final = PREFIX + "origin-chain"
+#: On virtual nodes: the kube-system UID of the lower cluster they lead to (``clusterID`` may be a
+#: name the operator chose; this is always the UID, the identity origin chains record).
+LOWER_CLUSTER_LABEL: Final = PREFIX + "lower-cluster"
 #: On lower dependencies: which upper object revision was copied.
 UPPER_RESOURCE_VERSION_ANNOTATION: Final = PREFIX + "upper-resource-version"
 #: On lower namespaces tensile created.

@@ -81,15 +81,16 @@ def _env_refs(ns: str, container: JSON) -> Iterator[Ref]:
             yield Ref(SECRET, ns, ref.get("name", ""), bool(ref.get("optional")))
 
 
-def pod_dependencies(pod: JSON, *, include_service_account: bool = True) -> list[Ref]:
+def pod_dependencies(pod: JSON, *, include_service_account: bool = True, namespace: str | None = None) -> list[Ref]:
     """Every dependency of ``pod``, deduplicated; a name required anywhere is required.
 
     Call it on the translated lower pod: the upper service-account token
-    volume (which names ``kube-root-ca.crt``) is gone by then.
+    volume (which names ``kube-root-ca.crt``) is gone by then. ``namespace`` overrides the
+    pod's own (a lower copy's references are named in its upper namespace).
     """
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
-    ns = meta.get("namespace") or "default"
+    ns = namespace or meta.get("namespace") or "default"
     found: dict[tuple[str, str], Ref] = {}
 
     def add(ref: Ref) -> None:

@@ -20,8 +20,9 @@ import dataclasses
 import json
 from typing import Any
 
-from tensile import cluster_selector
+from tensile import cluster_selector, origin, selectors
 from tensile import conventions as c
+from tensile.namespacing import SAME_NAMESPACES, NamespaceMapping
 
 JSON = dict[str, Any]
 
@@ -35,7 +36,8 @@ _DROPPED_SPEC_FIELDS = ("nodeName", "priority", "preemptionPolicy", "ephemeralCo
 #: Node labels every virtual node sets on itself that no real lower node carries. Selectors on
 #: them (the ACI walkthrough's ``kubernetes.io/role: agent``) chose the virtual node upstairs and
 #: must not reach the lower copy, or it stays Pending forever.
-VIRTUAL_NODE_KEYS = frozenset({c.VIRTUAL_NODE_TYPE_LABEL, c.ROLE_LABEL, c.HOSTNAME_LABEL, c.CLUSTER_ID_LABEL})
+VIRTUAL_NODE_KEYS = frozenset({c.VIRTUAL_NODE_TYPE_LABEL, c.ROLE_LABEL, c.HOSTNAME_LABEL, c.CLUSTER_ID_LABEL,
+                               c.LOWER_CLUSTER_LABEL})
 
 
 def is_virtual_node(node: JSON) -> bool:
@@ -51,10 +53,16 @@ def virtual_node_keys(node_labels: dict[str, str]) -> frozenset[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Owner:
-    """Who owns a lower object: the upper cluster's id and the virtual node's name."""
+    """Who owns a lower object: the upper cluster's id and the virtual node's name.
+
+    ``namespaces`` says where the owner's copies live downstairs; ``lower_cluster`` is the lower
+    cluster's kube-system UID, the last link of the origin chain on its pod copies.
+    """
 
     upper_cluster: str
     node_name: str
+    namespaces: NamespaceMapping = SAME_NAMESPACES
+    lower_cluster: str = ""
 
     @property
     def labels(self) -> dict[str, str]:
@@ -83,7 +91,8 @@ def _is_token_volume(volume: JSON) -> bool:
 
 
 def _clean_meta(meta: JSON, owner: Owner, extra_annotations: dict[str, str] | None = None) -> JSON:
-    out: JSON = {"name": meta.get("name"), "namespace": meta.get("namespace")}
+    namespace = str(meta.get("namespace") or "")
+    out: JSON = {"name": meta.get("name"), "namespace": owner.namespaces.lower(namespace)}
     labels = dict(meta.get("labels") or {})
     labels.update(owner.labels)
     out["labels"] = labels
@@ -92,6 +101,7 @@ def _clean_meta(meta: JSON, owner: Owner, extra_annotations: dict[str, str] | No
         if k != c.LAST_APPLIED_ANNOTATION and not k.startswith(c.CONTROLLER_ANNOTATION_PREFIXES)
     }
     annotations.update(extra_annotations or {})
+    annotations.update(owner.namespaces.annotations(namespace))
     if annotations:
         out["annotations"] = annotations
     return out
@@ -168,11 +178,13 @@ def scheduling_spec(upper: JSON, upper_only_keys: frozenset[str] = VIRTUAL_NODE_
     return cluster_selector.restore_constraints(upper.get("spec") or {}, annotation, upper_only_keys=upper_only_keys)
 
 
-def lower_pod(upper: JSON, owner: Owner, upper_only_keys: frozenset[str] = VIRTUAL_NODE_KEYS) -> JSON:
+def lower_pod(upper: JSON, owner: Owner, upper_only_keys: frozenset[str] = VIRTUAL_NODE_KEYS,
+              pool: tuple[JSON, ...] = ()) -> JSON:
     """The lower copy of ``upper``. Raises ``ValueError`` on a malformed clusterSelector.
 
     ``upper_only_keys`` are the node-label keys only the virtual node satisfies
-    (:func:`virtual_node_keys`); selectors on them are left out of the copy.
+    (:func:`virtual_node_keys`); selectors on them are left out of the copy. ``pool`` are the
+    node-selector requirements of ``--lower-node-selector``: the copy must land on the pool's nodes.
 
     The ``clusterSelector`` annotation is honoured only on pods that opted in with
     ``virtual-pod=true``: those are the pods the webhook admitted (and signed). Any other pod
@@ -180,7 +192,9 @@ def lower_pod(upper: JSON, owner: Owner, upper_only_keys: frozenset[str] = VIRTU
     """
     meta = upper.get("metadata") or {}
     spec = copy.deepcopy(upper.get("spec") or {})
-    out_meta = _clean_meta(meta, owner, {c.UPPER_UID_ANNOTATION: str(meta.get("uid", ""))})
+    chain = origin.extended(origin.chain_of(upper), owner.upper_cluster, owner.lower_cluster)
+    out_meta = _clean_meta(meta, owner, {c.UPPER_UID_ANNOTATION: str(meta.get("uid", "")),
+                                         c.ORIGIN_CHAIN_ANNOTATION: origin.encode(chain)})
     out_meta["labels"][c.VIRTUAL_POD_LABEL] = c.VIRTUAL_POD_VALUE
 
     for field in _DROPPED_SPEC_FIELDS:
@@ -198,10 +212,26 @@ def lower_pod(upper: JSON, owner: Owner, upper_only_keys: frozenset[str] = VIRTU
 
     annotation, opted_in = _honoured_cluster_selector(meta)
     spec = cluster_selector.restore_constraints(spec, annotation, upper_only_keys=upper_only_keys)
+    spec = selectors.pinned(spec, list(pool))
+    if owner.namespaces.mapped:
+        _map_affinity_namespaces(spec, owner.namespaces)
     if not opted_in and c.CLUSTER_SELECTOR_ANNOTATION in out_meta.get("annotations", {}):
         del out_meta["annotations"][c.CLUSTER_SELECTOR_ANNOTATION]
     _record_managed_keys(out_meta)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": out_meta, "spec": spec}
+
+
+def _map_affinity_namespaces(spec: JSON, mapping: NamespaceMapping) -> None:
+    """Pod (anti-)affinity terms that name namespaces name the lower ones (in place, on a copy)."""
+    affinity = spec.get("affinity") or {}
+    for kind in ("podAffinity", "podAntiAffinity"):
+        section = affinity.get(kind) or {}
+        terms = list(section.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+        terms += [w.get("podAffinityTerm") or {} for w in section.get("preferredDuringSchedulingIgnoredDuringExecution")
+                  or []]
+        for term in terms:
+            if term.get("namespaces"):
+                term["namespaces"] = [mapping.lower(str(ns)) for ns in term["namespaces"]]
 
 
 def _map_diff(current: dict[str, str], desired: dict[str, str], managed: list[str]) -> dict[str, str | None]:
@@ -408,7 +438,11 @@ def needs_update(resource: str, desired: JSON, lower: JSON) -> bool:
     return bool(want != have)
 
 
-def lower_namespace(name: str, owner: Owner) -> JSON:
+def lower_namespace(upper_namespace: str, owner: Owner) -> JSON:
+    """The lower namespace for ``upper_namespace`` (named by the owner's namespace mapping)."""
     labels = dict(owner.labels)
     labels[c.NAMESPACE_CREATED_LABEL] = "true"
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+    meta: JSON = {"name": owner.namespaces.lower(upper_namespace), "labels": labels}
+    if annotations := owner.namespaces.annotations(upper_namespace):
+        meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}

@@ -52,3 +52,14 @@ def test_go_binary_names_skip_major_version_suffix() -> None:
     assert binaries.go_binary_name("go.etcd.io/etcd/server/v3") == "server"
     assert binaries.go_binary_name("k8s.io/kubernetes/cmd/kube-apiserver") == "kube-apiserver"
     assert binaries.go_binary_name("sigs.k8s.io/kwok/cmd/kwok") == "kwok"
+
+
+def test_one_process_at_a_time_obtains_a_component(tmp_path: Path) -> None:
+    """Two runs building the same component would share its build directory; the second waits, with a timeout."""
+    lock = tmp_path / ".kwok.lock"
+    with binaries._exclusive(lock, "kwok"):
+        with pytest.raises(binaries.BinariesUnavailable, match="gave up waiting"):
+            with binaries._exclusive(lock, "kwok", timeout=1.5):
+                pass
+    with binaries._exclusive(lock, "kwok", timeout=1.5):
+        pass  # free again once released

@@ -51,6 +51,9 @@ class Pods:
     def copy_of(self, upper: JSON) -> JSON | None:
         return {"metadata": {"name": "web", "namespace": "ns"}} if upper["metadata"]["name"] == "web" else None
 
+    def upper_of(self, lower_namespace: str, name: str) -> JSON | None:
+        return self.pod(lower_namespace, name)
+
 
 class FakeLower:
     """A lower apiserver: pods/log, upgraded pods/exec|attach|portforward (echo), PodMetrics."""

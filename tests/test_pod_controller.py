@@ -156,3 +156,48 @@ async def test_a_finished_upper_pod_is_never_copied_again(world: World) -> None:
     up["status"] = {"phase": "Succeeded", "hostIP": "10.0.0.1"}
     assert await world.pods.reconcile("ns/p") is None
     assert world.lower.calls == []
+
+
+class SuffixedWorld(World):
+    def __init__(self) -> None:
+        self.upper, self.lower = FakeKube("upper"), FakeKube("lower")
+        self.ctx = Context.build(Config(node_name=VK, cluster_id="low", node_ip="10.0.0.1",
+                                        namespace_mapping="suffixed", upper_cluster_name="east"),
+                                 self.upper, self.lower, "up", lower_cluster_id="low-uid")  # type: ignore[arg-type]
+        namespaces = NamespaceEnsurer(self.lower, self.ctx.owner, self.ctx.lower_namespaces)  # type: ignore[arg-type]
+        self.deps = DependencyController(self.ctx, LowerCopies(self.ctx, namespaces))
+        self.pods = PodController(self.ctx, self.deps, namespaces)
+
+
+async def test_suffixed_mode_makes_the_namespace_dependencies_and_copy_downstairs_under_the_mapped_name() -> None:
+    world = SuffixedWorld()
+    up = world.upper_pod(spec=None)
+    up["spec"]["volumes"] = [{"name": "cfg", "configMap": {"name": "cfg"}}]
+    seed(world.ctx.upper_deps["configmaps"], {"metadata": {"name": "cfg", "namespace": "ns", "resourceVersion": "3"},
+                                              "data": {"k": "v"}})
+    world.deps._on_pod("upper", None, up)
+    await world.pods.reconcile("ns/p")
+    # (The fake's namespace cache never fills, so the namespace is asked for before each create.)
+    posts = {p: b["metadata"] for p, b in world.lower.of("POST")}
+    assert list(posts) == ["/api/v1/namespaces", "/api/v1/namespaces/ns-east/configmaps",
+                           "/api/v1/namespaces/ns-east/pods"]
+    assert posts["/api/v1/namespaces"]["name"] == "ns-east"
+    assert posts["/api/v1/namespaces/ns-east/pods"]["annotations"][c.ORIGIN_CHAIN_ANNOTATION] == "up,low-uid"
+    # The copy's events come back under the upper key, and a gone upper pod deletes it in its namespace.
+    copy = world.lower_copy(up, namespace="ns-east",
+                            annotations={c.UPPER_UID_ANNOTATION: up["metadata"]["uid"],
+                                         c.UPPER_NAMESPACE_ANNOTATION: "ns"})
+    assert world.ctx.upper_key(copy) == "ns/p"
+    del world.ctx.upper_pods.store["ns/p"]
+    await world.pods.reconcile("ns/p")
+    assert world.lower.of("DELETE")[-1][0] == "/api/v1/namespaces/ns-east/pods/p"
+
+
+async def test_a_pod_whose_chain_holds_the_lower_cluster_is_never_copied() -> None:
+    world = SuffixedWorld()
+    world.upper_pod(annotations={c.ORIGIN_CHAIN_ANNOTATION: "low-uid,up"})
+    await world.pods.reconcile("ns/p")
+    assert world.lower.of("POST") == []
+    assert "OriginLoop" in await world.events()
+    message = world.status_patches()[-1]["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+    assert "leads to cluster low-uid" in message

@@ -110,3 +110,21 @@ def test_kubelet_api_flags_that_cannot_work_are_refused(argv: list[str], message
     args = parse(*argv)
     assert args.func(args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "message"), [
+    ("--lower-node-selector=pool in (a", "unbalanced '('"),
+    ("--upper-cluster-name=Not_A_Label", "--upper-cluster-name 'Not_A_Label' is not a DNS label"),
+])
+def test_a_bad_pool_selector_or_suffix_stops_with_exit_code_2(flag: str, message: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse("--namespace-mapping=suffixed", flag, "--leader-elect=false")
+    assert args.func(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_mesh_flags_default_to_todays_behaviour() -> None:
+    args = parse()
+    assert (args.namespace_mapping, args.upper_cluster_name, args.lower_node_selector) == ("same", "", "")
+    with pytest.raises(SystemExit):
+        parse("--namespace-mapping=prefixed")

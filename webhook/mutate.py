@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tensile import avoidance, cluster_selector
+from tensile import avoidance, cluster_selector, origin, selectors
 from tensile.cluster_selector import (
     REQUIRED,
     SPREAD_FIELD,
@@ -295,6 +295,9 @@ def mutate(pod: JSONObject, options: MutateOptions | None = None, *, namespace: 
     if target is None:
         return Mutation()
     annotations, spec, pod_namespace = target
+    chain = origin.chain_of(pod)
+    if chain:
+        return _loop_guard(spec, chain)
     avoid = list(options.avoided(pod, pod_namespace)) if options.avoided is not None else []
     base = _base(annotations or {}, spec, pod_namespace, options, avoid)
     if base is None:
@@ -313,6 +316,19 @@ def mutate(pod: JSONObject, options: MutateOptions | None = None, *, namespace: 
         fields = tuple(f for f in _UPPER_FIELDS if f in fields or f == "affinity")
     patch += _spec_ops(spec, upper, fields)
     return Mutation(patch, base.warnings if base is not None else (), reason)
+
+
+def _loop_guard(spec: JSONObject, chain: list[str]) -> Mutation:
+    """A lower copy (it carries an origin chain): kept off every virtual node leading into its chain.
+
+    Its constraints are for this cluster's nodes already (the virtual node that made it restored
+    them), so they are not relaxed again, and it is not sent on to virtual nodes: it runs here
+    unless a virtual node without the provider taint takes it. Whichever node that is, the required
+    ``tensile.io/lower-cluster NotIn [chain]`` term keeps it from going back where it came from.
+    """
+    desired = selectors.pinned(spec, [origin.affinity_requirement(chain)])
+    patch = _spec_ops(spec, desired, ("affinity",))
+    return Mutation(patch, (), "origin chain" if patch else "")
 
 
 def _avoiding(upper: JSONObject, avoid: Sequence[str]) -> JSONObject:

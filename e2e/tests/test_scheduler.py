@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +18,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 
 from e2e.cluster import LocalCluster, wait_for
@@ -28,7 +25,7 @@ from e2e.fixtures import _start, _stop
 from e2e.kube_helpers import create_namespace, kubectl, unique, wait_pod_running
 from e2e.kwok import NodeSpec
 from e2e.process import free_port
-from e2e.schedulerproc import SchedulerProcess
+from e2e.schedulerproc import SchedulerProcess, kube_scheduler_config
 from e2e.virtualnode import VirtualNodeProcess
 from e2e.webhookproc import WebhookProcess
 from tensile import conventions as c
@@ -47,20 +44,13 @@ class Placement:
         self.upper, self.a, self.b, self.extender, self.vnodes = upper, a, b, extender, vnodes
 
 
-def scheduler_config(url: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "tensile.cli", "scheduler", "config", "--url", url],
-                          capture_output=True, text=True, timeout=60, check=True)
-    config: dict[str, Any] = yaml.safe_load(proc.stdout)
-    return config
-
-
 @pytest.fixture(scope="module")
 def placement() -> Iterator[Placement]:
     port = free_port()
     started: list[Any] = []
     try:
         # kube-scheduler starts before the extender listens; it retries, and ignorable covers the gap.
-        upper = _start("sched-upper", UPPER, scheduler_config=scheduler_config(f"http://127.0.0.1:{port}"))
+        upper = _start("sched-upper", UPPER, scheduler_config=kube_scheduler_config(f"http://127.0.0.1:{port}"))
         started.append(upper)
         a = _start("lower-small", SMALL)
         started.append(a)

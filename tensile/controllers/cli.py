@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from tensile import conventions as c
-from tensile import flags, logs, profile
+from tensile import flags, logs, namespacing, profile, selectors
 from tensile.controllers.context import Config
 from tensile.kube.client import SERVICEACCOUNT_DIR
 from tensile.kube.errors import ApiError
@@ -89,6 +89,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--flat-network", action="store_true",
                    help="pod IPs route between clusters: copy Services without selector plus the upper "
                         "EndpointSlices (Tensile Kube's mode) instead of letting the lower cluster select pods")
+    m = p.add_argument_group("mesh (several upper clusters, node pools)")
+    m.add_argument("--namespace-mapping", choices=namespacing.MODES, default="same",
+                   help="same: upper namespace ns is lower namespace ns, and an object another upper cluster "
+                        "already has there is refused, never overwritten; suffixed: it is lower namespace "
+                        "<ns>-<upper cluster name>, so upper clusters sharing a lower cluster never collide "
+                        "(default same)")
+    m.add_argument("--upper-cluster-name", default="", metavar="NAME",
+                   help="the suffix of --namespace-mapping suffixed, a DNS label of at most "
+                        f"{namespacing.MAX_SUFFIX} characters (default: the first 8 characters of the upper "
+                        "cluster's kube-system UID)")
+    m.add_argument("--lower-node-selector", default="", metavar="SELECTOR",
+                   help="project only the lower nodes this label selector matches (pool=a, 'zone in (x,y)'): their "
+                        "capacity alone counts and the copies are pinned to them, so one lower cluster can be "
+                        "several virtual nodes, one process each (default: every lower node)")
     p.add_argument("--node-credentials", action="store_true",
                    help="the upper credentials are a kubelet's (system:node:NODENAME under the Node authorizer and "
                         "NodeRestriction): follow only what pods refer to; no role/managed-by labels, no mirror PVs")
@@ -240,7 +254,20 @@ def run(args: argparse.Namespace) -> int:
         profile_max_bytes=args.profile_max_bytes,
         profile_ignored_labels=frozenset(args.profile_ignore_label),
         extra_capacity=tuple(args.extra_capacity),
+        namespace_mapping=args.namespace_mapping,
+        upper_cluster_name=args.upper_cluster_name,
+        lower_node_selector=args.lower_node_selector,
     )
+    try:
+        try:
+            selectors.requirements(args.lower_node_selector)
+        except selectors.SelectorError as exc:
+            raise ValueError(f"--lower-node-selector: {exc}") from exc
+        if args.upper_cluster_name and (problem := namespacing.suffix_problem(args.upper_cluster_name)):
+            raise ValueError(f"--upper-cluster-name {problem}")
+    except ValueError as exc:
+        print(f"tensile virtual-node: {exc}", file=sys.stderr)
+        return 2
     if args.node_credentials and args.flat_network:
         print("tensile virtual-node: --flat-network copies EndpointSlices, which node credentials may not read",
               file=sys.stderr)

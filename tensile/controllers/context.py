@@ -13,7 +13,7 @@ import socket
 
 from prometheus_client import CollectorRegistry
 
-from tensile import capacity, profile, translate
+from tensile import capacity, namespacing, profile, selectors, translate
 from tensile import conventions as c
 from tensile.controllers.metrics import VirtualNodeMetrics
 from tensile.kube.client import JSON, Kube, path
@@ -80,6 +80,28 @@ class Config:
     #: Node shapes the lower cluster can add by autoscaling (``--extra-capacity``), advertised on
     #: the Node and in the profile.
     extra_capacity: tuple[ResourceList, ...] = ()
+    #: ``--namespace-mapping``: ``same`` or ``suffixed``; the suffix names the upper cluster
+    #: (``--upper-cluster-name``; "" means the first 8 characters of its kube-system UID).
+    namespace_mapping: str = "same"
+    upper_cluster_name: str = ""
+    #: ``--lower-node-selector``: only the lower nodes it matches are this virtual node's (a pool).
+    lower_node_selector: str = ""
+
+    @property
+    def pool(self) -> tuple[JSON, ...]:
+        """The pool's node-selector requirements; raises ``SelectorError`` on a bad selector."""
+        return tuple(selectors.requirements(self.lower_node_selector))
+
+    def lower_nodes_selector(self) -> str:
+        """The server-side selector of the lower node watch: the pool, never a virtual node.
+
+        Copies never run on the lower cluster's virtual nodes (their provider toleration is
+        stripped), so those add nothing; counting them would also feed a ring of clusters its own
+        capacity back, growing without bound.
+        """
+        not_virtual = f"{c.VIRTUAL_NODE_TYPE_LABEL}!={c.VIRTUAL_NODE_TYPE_VALUE}"
+        pool = self.lower_node_selector.strip()
+        return f"{pool},{not_virtual}" if pool else not_virtual
 
 
 def default_node_ip() -> str:
@@ -115,9 +137,16 @@ class Context:
 
     @classmethod
     def build(cls, config: Config, upper: Kube, lower: Kube, upper_cluster_id: str,
-              registry: CollectorRegistry | None = None) -> Context:
-        """``registry``: the process's; a private one when not given (unit tests)."""
-        owner = Owner(upper_cluster=upper_cluster_id, node_name=config.node_name)
+              registry: CollectorRegistry | None = None, lower_cluster_id: str = "") -> Context:
+        """``registry``: the process's; a private one when not given (unit tests).
+
+        Raises ``ValueError`` for a namespace mapping or node selector that cannot work.
+        """
+        mapping = namespacing.mapping(config.namespace_mapping,
+                                      config.upper_cluster_name or namespacing.default_suffix(upper_cluster_id))
+        config.pool  # noqa: B018 - parse it now, so a bad selector stops the start
+        owner = Owner(upper_cluster=upper_cluster_id, node_name=config.node_name, namespaces=mapping,
+                      lower_cluster=lower_cluster_id)
         sel = owner.selector
         upper_deps: dict[str, Informer] = {
             r: Informer(upper, path(r), name=f"upper-{r}", resync=config.resync)
@@ -149,7 +178,8 @@ class Context:
             upper_node=Informer(upper, path("nodes"), field_selector=f"metadata.name={config.node_name}",
                                 name="upper-node"),
             upper_deps=upper_deps,
-            lower_nodes=Informer(lower, path("nodes"), name="lower-nodes"),
+            lower_nodes=Informer(lower, path("nodes"), label_selector=config.lower_nodes_selector(),
+                                 name="lower-nodes"),
             lower_pods_all=Informer(
                 lower, path("pods"), field_selector="status.phase!=Succeeded,status.phase!=Failed",
                 transform=capacity.shrink_pod, name="lower-pods-active",
@@ -173,6 +203,21 @@ class Context:
             self.lower_nodes, self.lower_pods_all, self.lower_pods, *self.lower_deps.values(), self.lower_namespaces,
         ]
 
+    # --- where copies live: upper keys are ``namespace/name`` upstairs ---------------------------
+
+    def lower_ns(self, upper_namespace: str) -> str:
+        return self.owner.namespaces.lower(upper_namespace)
+
+    def lower_key(self, upper_key: str) -> str:
+        return self.owner.namespaces.lower_key(upper_key)
+
+    def upper_key(self, lower_obj: JSON) -> str:
+        """The upper ``namespace/name`` of a lower copy."""
+        return self.owner.namespaces.upper_key(lower_obj)
+
+    def upper_ns(self, lower_obj: JSON) -> str:
+        return self.owner.namespaces.upper(lower_obj)
+
     @property
     def upper_only_keys(self) -> frozenset[str]:
         """Node-label keys only this virtual node carries (see ``translate.virtual_node_keys``)."""
@@ -190,6 +235,10 @@ def slice_service(obj: JSON) -> list[str]:
 
 
 def _namespace_meta(ns: JSON) -> JSON:
-    """Only what ``NamespaceEnsurer`` reads: name and deletion."""
+    """Only what ``NamespaceEnsurer`` reads (name and deletion) and the upper namespace it stands for."""
     meta = ns.get("metadata") or {}
-    return {"metadata": {k: meta[k] for k in ("name", "uid", "resourceVersion", "deletionTimestamp") if k in meta}}
+    out = {k: meta[k] for k in ("name", "uid", "resourceVersion", "deletionTimestamp") if k in meta}
+    upper = (meta.get("annotations") or {}).get(c.UPPER_NAMESPACE_ANNOTATION)
+    if upper:
+        out["annotations"] = {c.UPPER_NAMESPACE_ANNOTATION: upper}
+    return {"metadata": out}

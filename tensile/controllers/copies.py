@@ -44,10 +44,11 @@ class LowerCopies:
     async def apply(self, resource: str, desired: JSON) -> SyncResult:
         """Make the lower object match ``desired`` (a ``translate.lower_*`` result). Idempotent."""
         ns, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
-        key = f"{resource}/{ns}/{name}"
+        # Conflicts are remembered under the upper key, which is how the pod controller asks.
+        key = f"{resource}/{self.ctx.upper_key(desired)}"
         lower = self.ctx.lower_deps[resource].get(f"{ns}/{name}")
         if lower is None:
-            await self.namespaces.ensure(ns)
+            await self.namespaces.ensure(self.ctx.upper_ns(desired))
             try:
                 with self.ctx.metrics.dependency_write(resource, "create"):
                     await self.ctx.lower.create(_path(resource, ns), desired)
@@ -95,8 +96,9 @@ class LowerCopies:
         self._log("updated lower copy", resource, ns, name)
         return "ok"
 
-    async def collect(self, resource: str, ns: str, name: str) -> None:
-        """Delete our lower copy, if there is one; a foreign object is left alone."""
+    async def collect(self, resource: str, upper_ns: str, name: str) -> None:
+        """Delete our lower copy of upper ``upper_ns/name``, if there is one; a foreign object is left alone."""
+        ns = self.ctx.lower_ns(upper_ns)
         lower = self.ctx.lower_deps[resource].get(f"{ns}/{name}")
         if lower is None or not self.ctx.owner.owns(lower):
             return

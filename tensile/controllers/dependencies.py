@@ -79,8 +79,11 @@ class DependencyController:
         obj = new or old
         if obj is None:
             return
-        source = f"{side}:{key_of(obj)}"
-        refs = {r.key for r in deps.pod_dependencies(new)} if new is not None else set()
+        key = key_of(obj) if side == "upper" else self.ctx.upper_key(obj)
+        source = f"{side}:{key}"
+        # Keys are the upper objects': a lower copy's references are read in its upper namespace.
+        upper_ns = key.split("/", 1)[0]
+        refs = {r.key for r in deps.pod_dependencies(new, namespace=upper_ns)} if new is not None else set()
         before = self._refs_of.get(source, set())
         if refs == before:
             return
@@ -103,7 +106,7 @@ class DependencyController:
     def _on_namespace(self, old: JSON | None, new: JSON | None) -> None:
         """A lower namespace deleted out of band: make its copies again as soon as it is gone."""
         if new is None and old is not None:
-            ns = (old.get("metadata") or {}).get("name")
+            ns = self.ctx.owner.namespaces.upper_of_namespace(old)
             for key in list(self.referrers):
                 if split_key(key)[1] == ns:
                     self.queue.add(key)
@@ -115,9 +118,12 @@ class DependencyController:
         obj = new or old
         if obj is None:
             return
-        key = f"{resource}/{key_of(obj)}"
-        if key in self.referrers or self.ctx.owner.owns(obj) or (
-                resource == deps.PVC and self.ctx.lower_deps[deps.PVC].get(key_of(obj)) is not None):
+        owned = self.ctx.owner.owns(obj)
+        # An owned object is a lower copy (upper objects never carry our owner labels).
+        upper_key = self.ctx.upper_key(obj) if owned else key_of(obj)
+        key = f"{resource}/{upper_key}"
+        if key in self.referrers or owned or (
+                resource == deps.PVC and self.ctx.lower_deps[deps.PVC].get(self.ctx.lower_key(upper_key)) is not None):
             self.queue.add(key)
 
     def _on_error(self, key: str, exc: BaseException) -> None:
@@ -134,7 +140,7 @@ class DependencyController:
 
     async def _claim_kept(self, resource: str, ns: str, name: str) -> bool:
         """A claim copy lives as long as the upper claim: deleting it could delete the volume's data."""
-        if resource != deps.PVC or self.ctx.lower_deps[deps.PVC].get(f"{ns}/{name}") is None:
+        if resource != deps.PVC or self.ctx.lower_deps[deps.PVC].get(f"{self.ctx.lower_ns(ns)}/{name}") is None:
             return False
         if not self.ctx.config.node_credentials:
             return self.ctx.upper_deps[deps.PVC].get(f"{ns}/{name}") is not None
@@ -203,7 +209,7 @@ class DependencyController:
         pre-bound to the upper claim (``claimRef`` with its UID), so the upper PV controller binds
         them; its node affinity keeps the claim's pods on this virtual node.
         """
-        lower = self.ctx.lower_deps[deps.PVC].get(f"{ref.namespace}/{ref.name}")
+        lower = self.ctx.lower_deps[deps.PVC].get(f"{self.ctx.lower_ns(ref.namespace)}/{ref.name}")
         if lower is None or (lower.get("status") or {}).get("phase") != "Bound":
             return
         if (upper.get("spec") or {}).get("volumeName") or (upper.get("status") or {}).get("phase") == "Bound":
@@ -223,7 +229,7 @@ class DependencyController:
 
     async def _collect_mirror(self, ns: str, name: str) -> None:
         """The upper claim is gone: its mirror volume goes too (it holds no data; the lower volume does)."""
-        lower = self.ctx.lower_deps[deps.PVC].get(f"{ns}/{name}")
+        lower = self.ctx.lower_deps[deps.PVC].get(f"{self.ctx.lower_ns(ns)}/{name}")
         uid = ((lower or {}).get("metadata") or {}).get("annotations", {}).get(c.UPPER_UID_ANNOTATION)
         if not uid:
             return
@@ -242,7 +248,7 @@ class DependencyController:
         # Start-up GC: every lower copy we own gets looked at once.
         for resource in RESOURCES:
             for obj in self.ctx.lower_deps[resource].items():
-                self.queue.add(f"{resource}/{key_of(obj)}")
+                self.queue.add(f"{resource}/{self.ctx.upper_key(obj)}")
         self.workers.start()
 
     async def stop(self) -> None:

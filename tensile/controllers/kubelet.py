@@ -29,9 +29,19 @@ class ContextPods:
     def pods(self) -> list[JSON]:
         return [p for p in self.ctx.upper_pods.items() if (p.get("spec") or {}).get("nodeName") == self.node_name]
 
+    def upper_of(self, lower_namespace: str, name: str) -> JSON | None:
+        """The upper pod whose copy is lower ``lower_namespace/name``, if it is on this node."""
+        lower = self.ctx.lower_pods.get(f"{lower_namespace}/{name}")
+        if lower is None:
+            return None
+        upper_ns, _, upper_name = self.ctx.upper_key(lower).partition("/")
+        upper = self.pod(upper_ns, upper_name)
+        uid = (meta_of(lower).get("annotations") or {}).get(c.UPPER_UID_ANNOTATION)
+        return upper if upper is not None and meta_of(upper).get("uid") == uid else None
+
     def copy_of(self, upper: JSON) -> JSON | None:
         meta = meta_of(upper)
-        lower = self.ctx.lower_pods.get(f"{meta.get('namespace')}/{meta.get('name')}")
+        lower = self.ctx.lower_pods.get(self.ctx.lower_key(f"{meta.get('namespace')}/{meta.get('name')}"))
         if lower is None or (meta_of(lower).get("annotations") or {}).get(c.UPPER_UID_ANNOTATION) != meta.get("uid"):
             return None
         return lower

@@ -28,15 +28,19 @@ class NamespaceEnsurer:
         self.owner = owner
         self.namespaces = namespaces
 
-    async def ensure(self, name: str) -> None:
-        """Make sure the lower namespace exists; raises ``NamespaceTerminatingError`` while it is deleted."""
+    async def ensure(self, upper_namespace: str) -> None:
+        """Make sure the lower namespace of ``upper_namespace`` exists (named by the owner's mapping).
+
+        Raises ``NamespaceTerminatingError`` while it is deleted.
+        """
+        name = self.owner.namespaces.lower(upper_namespace)
         current = self.namespaces.get(name)
         if current is not None:
             if (current.get("metadata") or {}).get("deletionTimestamp"):
                 raise NamespaceTerminatingError(f"lower namespace {name} is being deleted; waiting until it is gone")
             return
         try:
-            await self.lower.create(path("namespaces"), translate.lower_namespace(name, self.owner))
+            await self.lower.create(path("namespaces"), translate.lower_namespace(upper_namespace, self.owner))
         except ApiError as exc:
             if exc.already_exists and not is_terminating_error(exc):
                 return  # the cache lags, or someone else was faster

@@ -54,6 +54,8 @@ def node_manifest(ctx: Context, arch: str, os_name: str) -> JSON:
         c.MANAGED_BY_LABEL: c.MANAGED_BY_VALUE,
         **cfg.node_labels,
     }
+    if ctx.owner.lower_cluster:
+        labels[c.LOWER_CLUSTER_LABEL] = ctx.owner.lower_cluster
     if cfg.node_credentials:
         # NodeRestriction lets a node set only kubelet labels under kubernetes.io and k8s.io.
         for key in NODE_FORBIDDEN_LABELS:

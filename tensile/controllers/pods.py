@@ -36,7 +36,7 @@ from cachetools import TTLCache
 
 from tensile import conventions as c
 from tensile import dependencies as deps
-from tensile import pod_status, timestamps, translate
+from tensile import origin, pod_status, timestamps, translate
 from tensile.controllers.context import Context
 from tensile.controllers.dependencies import RESOURCES, DependencyController
 from tensile.controllers.metrics import VirtualNodeMetrics
@@ -120,7 +120,7 @@ class PodController:
         obj = new or old
         if obj is None:
             return
-        key = key_of(obj)
+        key = self.ctx.upper_key(obj)
         if new is None and old is not None and (old.get("status") or {}).get("phase") in TERMINAL:
             self._final[key] = old
         if new is not None and _phase(new) == "Running" and (old is None or _phase(old) != "Running"):
@@ -129,7 +129,8 @@ class PodController:
 
     def _on_namespace(self, old: JSON | None, new: JSON | None) -> None:
         if new is None and old is not None:
-            for pod in self.ctx.upper_pods.by_index(NAMESPACE, str(meta_of(old).get("name"))):
+            upper_ns = self.ctx.owner.namespaces.upper_of_namespace(old)
+            for pod in self.ctx.upper_pods.by_index(NAMESPACE, upper_ns):
                 self.queue.add(key_of(pod))
 
     def _dependency_handler(self, resource: str) -> Callable[[JSON | None, JSON | None], None]:
@@ -139,7 +140,7 @@ class PodController:
                 return
             for source in self.deps.referrers.get(f"{resource}/{key_of(new)}", ()):
                 side, _, key = source.partition(":")
-                if side == "upper" and self.ctx.lower_pods.get(key) is None:
+                if side == "upper" and self.ctx.lower_pods.get(self.ctx.lower_key(key)) is None:
                     self.queue.add(key)
         return on_dependency
 
@@ -173,7 +174,7 @@ class PodController:
 
     async def reconcile(self, key: str) -> float | None:
         upper = self.ctx.upper_pods.get(key)
-        lower = self.ctx.lower_pods.get(key)
+        lower = self.ctx.lower_pods.get(self.ctx.lower_key(key))
         log.log(V(5), "reconciling pod", extra=fields(key, cluster=self.cluster, upper=upper is not None,
                                                        lower=lower is not None))
         if upper is None:
@@ -213,21 +214,24 @@ class PodController:
             return self._held_delay(key)
         return None
 
-    async def _delete_lower(self, key: str, lower: JSON, grace: int | None, reason: str) -> None:
+    def _lower_path(self, key: str, subresource: str | None = None) -> str:
+        """The API path of the lower copy of upper pod ``key`` (in its mapped namespace)."""
         ns, name = key.split("/", 1)
+        return path("pods", self.ctx.lower_ns(ns), name, subresource)
+
+    async def _delete_lower(self, key: str, lower: JSON, grace: int | None, reason: str) -> None:
         body: dict[str, Any] = {"preconditions": {"uid": meta_of(lower).get("uid")}}
         if grace is not None:
             body["gracePeriodSeconds"] = grace
         try:
             with self.m.pod_write("delete_lower"):
-                await self.ctx.lower.delete(path("pods", ns, name), body)
+                await self.ctx.lower.delete(self._lower_path(key), body)
             log.info("deleted lower pod: %s", reason, extra=fields(key, cluster=self.cluster, grace=grace))
         except ApiError as exc:
             if not (exc.not_found or exc.conflict):
                 raise
 
     async def _terminate(self, key: str, upper: JSON, lower: JSON | None) -> float | None:
-        ns, name = key.split("/", 1)
         if lower is not None:
             grace = meta_of(upper).get("deletionGracePeriodSeconds")
             lower_grace = meta_of(lower).get("deletionGracePeriodSeconds")
@@ -247,7 +251,7 @@ class PodController:
             return None
         # Make sure the copy is really gone, not merely missing from a lagging cache.
         try:
-            existing = await self.ctx.lower.get(path("pods", ns, name))
+            existing = await self.ctx.lower.get(self._lower_path(key))
             if self.ctx.owner.owns(existing):
                 return 1.0
             # The name is held by a pod that is not ours (a NameConflict); ours never existed.
@@ -326,7 +330,7 @@ class PodController:
         await self._write_status(key, upper, status)
 
     async def _ensure_lower(self, key: str, upper: JSON) -> float | None:
-        ns, name = key.split("/", 1)
+        ns = key.split("/", 1)[0]
         if (upper.get("status") or {}).get("phase") in TERMINAL:
             return None
         final = self._final.get(key)
@@ -337,7 +341,7 @@ class PodController:
             return None
         if self._ran_before(upper):
             try:
-                lower = await self.ctx.lower.get(path("pods", ns, name))
+                lower = await self.ctx.lower.get(self._lower_path(key))
             except ApiError as exc:
                 if not exc.not_found:
                     raise
@@ -349,8 +353,12 @@ class PodController:
         if unsupported is not None:
             await self._hold(key, upper, pod_status.CREATE_ERROR, unsupported, "UnsupportedPodSpec")
             return None  # retrying cannot help; an update of the pod requeues it
+        loop = self._loop_reason(upper)
+        if loop is not None:
+            await self._hold(key, upper, pod_status.CREATE_ERROR, loop, "OriginLoop")
+            return None  # its chain never changes; deleting the pod is the way out
         try:
-            desired = translate.lower_pod(upper, self.ctx.owner, self.ctx.upper_only_keys)
+            desired = self._desired(upper)
         except ValueError as exc:
             await self._hold(key, upper, pod_status.CREATE_ERROR, str(exc), "InvalidClusterSelector")
             return None
@@ -363,7 +371,7 @@ class PodController:
             return 2.0
         try:
             with self.m.pod_write("create"):
-                await self.ctx.lower.create(path("pods", ns), desired)
+                await self.ctx.lower.create(path("pods", self.ctx.lower_ns(ns)), desired)
         except ApiError as exc:
             return await self._create_failed(key, upper, exc)
         self.m.created(key)
@@ -373,13 +381,21 @@ class PodController:
         log.info("created lower pod", extra=fields(key, cluster=self.cluster))
         return None
 
+    def _desired(self, upper: JSON) -> JSON:
+        return translate.lower_pod(upper, self.ctx.owner, self.ctx.upper_only_keys, self.ctx.config.pool)
+
+    def _loop_reason(self, upper: JSON) -> str | None:
+        """Why copying ``upper`` would send it round a loop (its chain holds the lower cluster); None: it would not."""
+        node = {"metadata": {"name": self.ctx.config.node_name,
+                             "labels": {c.LOWER_CLUSTER_LABEL: self.ctx.owner.lower_cluster}}}
+        return origin.loop_reason(upper, node)
+
     async def _create_failed(self, key: str, upper: JSON, exc: ApiError) -> float | None:
-        ns, name = key.split("/", 1)
         if exc.already_exists:
-            existing = await self.ctx.lower.get(path("pods", ns, name))
+            existing = await self.ctx.lower.get(self._lower_path(key))
             if not self.ctx.owner.owns(existing):
-                msg = (f"pod {key} already exists in lower cluster {self.cluster} and is not managed by this "
-                       "virtual node; tensile will not touch it")
+                msg = (f"pod {self.ctx.lower_key(key)} already exists in lower cluster {self.cluster} and is not "
+                       "managed by this virtual node; tensile will not touch it")
                 await self._hold(key, upper, pod_status.CREATE_ERROR, msg, "NameConflict")
                 return self._held_delay(key, cap=60.0)
             return 1.0
@@ -400,7 +416,7 @@ class PodController:
     async def _ensure_dependencies(self, key: str, upper: JSON, desired: JSON) -> bool:
         """Create what the pod needs; True when the pod must wait (its status and an Event say why)."""
         problems: list[tuple[str, str]] = []
-        for ref in deps.pod_dependencies(desired):
+        for ref in deps.pod_dependencies(desired, namespace=key.split("/", 1)[0]):
             result = await self.deps.sync(ref)
             if result == "ok":
                 continue
@@ -438,17 +454,16 @@ class PodController:
         if meta_of(lower).get("deletionTimestamp"):
             return
         try:
-            desired = translate.lower_pod(upper, self.ctx.owner, self.ctx.upper_only_keys)
+            desired = self._desired(upper)
         except ValueError:
             return
         patch = translate.pod_update_patch(desired, lower)
         if patch is None:
             self._resolved(upper, "update")
             return
-        ns, name = key.split("/", 1)
         try:
             with self.m.pod_write("spec"):
-                await self.ctx.lower.patch(path("pods", ns, name), patch, content_type=STRATEGIC_PATCH)
+                await self.ctx.lower.patch(self._lower_path(key), patch, content_type=STRATEGIC_PATCH)
         except ApiError as exc:
             self._warn_once(upper, "update", "ProviderUpdateFailed",
                             f"lower cluster {self.cluster} refused the update: {_api_message(exc)}")
@@ -465,10 +480,9 @@ class PodController:
         patch = translate.ephemeral_containers_patch(upper, lower)
         if patch is None:
             return
-        ns, name = key.split("/", 1)
         try:
             with self.m.pod_write("ephemeral"):
-                await self.ctx.lower.patch(path("pods", ns, name, "ephemeralcontainers"), patch,
+                await self.ctx.lower.patch(self._lower_path(key, "ephemeralcontainers"), patch,
                                            content_type=STRATEGIC_PATCH)
         except ApiError as exc:
             self._warn_once(upper, "ephemeral", "ProviderUpdateFailed",
@@ -493,9 +507,10 @@ class PodController:
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        for inf in (self.ctx.upper_pods, self.ctx.lower_pods):
-            for obj in inf.items():
-                self.queue.add(key_of(obj))
+        for obj in self.ctx.upper_pods.items():
+            self.queue.add(key_of(obj))
+        for obj in self.ctx.lower_pods.items():
+            self.queue.add(self.ctx.upper_key(obj))
         self.workers.start()
 
     async def stop(self) -> None:

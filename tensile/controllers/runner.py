@@ -166,9 +166,9 @@ class VirtualNode:
                 await part.stop()
         await self.supervisor.cancel(*NODE_LOOPS, PROFILE_LOOP, "dependency workers", "service workers", "pod workers")
 
-    def build(self, upper_cluster_id: str) -> Context:
+    def build(self, upper_cluster_id: str, lower_cluster_id: str = "") -> Context:
         """Caches and controllers, wired together; nothing runs yet."""
-        ctx = Context.build(self.config, self.upper, self.lower, upper_cluster_id, self.registry)
+        ctx = Context.build(self.config, self.upper, self.lower, upper_cluster_id, self.registry, lower_cluster_id)
         self.ctx = ctx
         namespaces = NamespaceEnsurer(self.lower, ctx.owner, ctx.lower_namespaces)
         copies = LowerCopies(ctx, namespaces)
@@ -186,9 +186,10 @@ class VirtualNode:
             cfg.node_ip = default_node_ip()
         self._elect()
         upper_id = await cluster_uid(self.upper)
+        lower_id = await cluster_uid(self.lower)
         if not cfg.cluster_id:
-            cfg.cluster_id = await cluster_uid(self.lower)
-        ctx = self.build(upper_id)
+            cfg.cluster_id = lower_id
+        ctx = self.build(upper_id, lower_id)
         assert self.node is not None and self.deps is not None and self.services is not None and self.pods is not None
         await self._serve()
         for inf in ctx.informers():

@@ -54,25 +54,29 @@ class ServiceController:
         ) == bool(meta_of(new).get("deletionTimestamp")):
             return  # only label changes, arrivals, departures and terminations change what is selected
         ns = str(meta_of(new or old).get("namespace"))
-        for inf in (self.ctx.upper_deps[SERVICES], self.ctx.lower_deps[SERVICES]):
-            for svc in inf.by_index(NAMESPACE, ns):
-                self.queue.add(key_of(svc))
+        for svc in self.ctx.upper_deps[SERVICES].by_index(NAMESPACE, ns):
+            self.queue.add(key_of(svc))
+        for svc in self.ctx.lower_deps[SERVICES].by_index(NAMESPACE, self.ctx.lower_ns(ns)):
+            self.queue.add(self.ctx.upper_key(svc))
 
     def _on_namespace(self, old: JSON | None, new: JSON | None) -> None:
         if new is None and old is not None:
-            for svc in self.ctx.upper_deps[SERVICES].by_index(NAMESPACE, str(meta_of(old).get("name"))):
+            upper_ns = self.ctx.owner.namespaces.upper_of_namespace(old)
+            for svc in self.ctx.upper_deps[SERVICES].by_index(NAMESPACE, upper_ns):
                 self.queue.add(key_of(svc))
 
     def _on_service(self, old: JSON | None, new: JSON | None) -> None:
         obj = new or old
         if obj is not None:
-            self.queue.add(key_of(obj))
+            self.queue.add(self.ctx.upper_key(obj) if self.ctx.owner.owns(obj) else key_of(obj))
 
     def _on_slice(self, old: JSON | None, new: JSON | None) -> None:
-        meta = meta_of(new or old)
+        obj = new or old
+        meta = meta_of(obj)
         service = (meta.get("labels") or {}).get(c.SERVICE_NAME_LABEL)
-        if service:
-            self.queue.add(f"{meta.get('namespace')}/{service}")
+        if service and obj is not None:
+            ns = self.ctx.upper_ns(obj) if self.ctx.owner.owns(obj) else meta.get("namespace")
+            self.queue.add(f"{ns}/{service}")
 
     def _on_error(self, key: str, exc: BaseException) -> None:
         log.warning("service sync failed: %s", exc,
@@ -93,8 +97,10 @@ class ServiceController:
         )
 
     def _slices(self, side: str, ns: str, service: str) -> list[JSON]:
-        store = (self.ctx.upper_deps if side == "upper" else self.ctx.lower_deps)[ENDPOINTSLICES]
-        return store.by_index(SERVICE_INDEX, f"{ns}/{service}")
+        """EndpointSlices of upper Service ``ns/service``: upstairs, or our copies downstairs."""
+        if side == "upper":
+            return self.ctx.upper_deps[ENDPOINTSLICES].by_index(SERVICE_INDEX, f"{ns}/{service}")
+        return self.ctx.lower_deps[ENDPOINTSLICES].by_index(SERVICE_INDEX, f"{self.ctx.lower_ns(ns)}/{service}")
 
     async def reconcile(self, key: str) -> float | None:
         ns, name = key.split("/", 1)
@@ -122,7 +128,7 @@ class ServiceController:
 
     def start(self) -> None:
         for svc in self.ctx.lower_deps[SERVICES].items():
-            self.queue.add(key_of(svc))
+            self.queue.add(self.ctx.upper_key(svc))
         for svc in self.ctx.upper_deps[SERVICES].items():
             self.queue.add(key_of(svc))
         self.workers.start()

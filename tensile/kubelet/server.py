@@ -63,6 +63,9 @@ class NodePods(Protocol):
     def copy_of(self, upper: JSON) -> JSON | None:
         """The upper pod's lower copy, or None while it has none."""
 
+    def upper_of(self, lower_namespace: str, name: str) -> JSON | None:
+        """The upper pod on this node whose copy is lower ``lower_namespace/name``, or None."""
+
 
 @dataclasses.dataclass
 class ServingOptions:
@@ -390,7 +393,7 @@ class KubeletServer:
         usages: list[stats.PodUsage] = []
         for item in await self._lower_pod_metrics():
             meta = item.get("metadata") or {}
-            upper = self.pods.pod(str(meta.get("namespace", "")), str(meta.get("name", "")))
+            upper = self.pods.upper_of(str(meta.get("namespace", "")), str(meta.get("name", "")))
             usage = stats.pod_usage(item, upper) if upper is not None else None
             if usage is not None:
                 usages.append(usage)

@@ -1,0 +1,1 @@
+"""``tensile topology``: the clusters, virtual nodes and loops among a set of clusters."""
