@@ -21,9 +21,14 @@ JSON = dict[str, Any]
 MAX_LENGTH = 32
 
 
+def _field(obj: Any, key: str) -> Any:
+    """``obj[key]`` when ``obj`` is a JSON object; None for anything else (malformed input never raises)."""
+    return obj.get(key) if isinstance(obj, dict) else None
+
+
 def chain_of(pod: JSON) -> list[str]:
     """The pod's origin chain; [] for a pod a user created (or one whose annotation is garbage)."""
-    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(c.ORIGIN_CHAIN_ANNOTATION)
+    raw = _field(_field(_field(pod, "metadata"), "annotations"), c.ORIGIN_CHAIN_ANNOTATION)
     if not isinstance(raw, str):
         return []
     return [part.strip() for part in raw.split(",") if part.strip()]
@@ -44,8 +49,8 @@ def encode(chain: list[str]) -> str:
 
 def lower_cluster_of(node: JSON) -> str:
     """The cluster a virtual node leads to; "" for a real node or a virtual node that does not say."""
-    labels = (node.get("metadata") or {}).get("labels") or {}
-    return str(labels.get(c.LOWER_CLUSTER_LABEL) or "")
+    value = _field(_field(_field(node, "metadata"), "labels"), c.LOWER_CLUSTER_LABEL)
+    return value if isinstance(value, str) else ""
 
 
 def loop_reason(pod: JSON, node: JSON) -> str | None:
@@ -54,7 +59,7 @@ def loop_reason(pod: JSON, node: JSON) -> str | None:
     chain = chain_of(pod)
     if not target or target not in chain:
         return None
-    name = (node.get("metadata") or {}).get("name", "")
+    name = _field(_field(node, "metadata"), "name") or ""
     return (f"virtual node {name} leads to cluster {target}, which the pod already came through "
             f"(origin chain {' > '.join(chain)}); placing it there would send it round a loop")
 

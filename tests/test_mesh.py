@@ -132,3 +132,14 @@ def test_the_extender_server_learns_where_each_virtual_node_leads_from_its_node_
     assert s.knowledge.leads_to == {"vk-a": "a"}
     assert shrunk == {"metadata": {"name": "vk-a", "resourceVersion": "1", "labels": {c.LOWER_CLUSTER_LABEL: "a"}}}
     assert s.knowledge.loop_reason(copy_in_cluster("a"), "vk-a", None) is not None
+
+
+def test_the_webhook_refuses_a_malformed_copy_as_it_refuses_any_malformed_pod() -> None:
+    import pytest
+
+    from webhook.mutate import MalformedPodError
+
+    for affinity in ([], {"nodeAffinity": []}, {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": 3}]}}}):
+        with pytest.raises(MalformedPodError):
+            mutate(copy_in_cluster("a", affinity=affinity))

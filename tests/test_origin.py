@@ -36,3 +36,11 @@ def test_the_affinity_requirement_names_the_chain() -> None:
     req = origin.affinity_requirement(["c", "a", "b", "a"])
     assert req == {"key": c.LOWER_CLUSTER_LABEL, "operator": "NotIn", "values": ["a", "b", "c"]}
     assert origin.is_loop_requirement(req)
+
+
+def test_malformed_objects_have_no_chain_and_lead_nowhere() -> None:
+    for bad in ({"metadata": True}, {"metadata": {"annotations": ["x"]}}, {"metadata": {"annotations": {
+            c.ORIGIN_CHAIN_ANNOTATION: 7}}}, []):
+        assert origin.chain_of(bad) == []  # type: ignore[arg-type]
+        assert origin.lower_cluster_of(bad) == ""  # type: ignore[arg-type]
+        assert origin.loop_reason(bad, bad) is None  # type: ignore[arg-type]

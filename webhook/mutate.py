@@ -326,6 +326,11 @@ def _loop_guard(spec: JSONObject, chain: list[str]) -> Mutation:
     unless a virtual node without the provider taint takes it. Whichever node that is, the required
     ``tensile.io/lower-cluster NotIn [chain]`` term keeps it from going back where it came from.
     """
+    where = "spec.affinity"
+    terms_where = f"{where}.nodeAffinity.{REQUIRED}.nodeSelectorTerms"
+    required = required_of(as_object(spec.get("affinity"), where), where)
+    for term in as_objects((required or {}).get("nodeSelectorTerms"), terms_where) or []:
+        as_objects(term.get("matchExpressions"), f"{terms_where}[].matchExpressions")
     desired = selectors.pinned(spec, [origin.affinity_requirement(chain)])
     patch = _spec_ops(spec, desired, ("affinity",))
     return Mutation(patch, (), "origin chain" if patch else "")

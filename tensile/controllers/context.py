@@ -134,6 +134,8 @@ class Context:
     lower_deps: dict[str, Informer]
     lower_namespaces: Informer
     metrics: VirtualNodeMetrics
+    #: ``--lower-node-selector`` as node-selector requirements, pinned into every copy.
+    pool: tuple[JSON, ...] = ()
 
     @classmethod
     def build(cls, config: Config, upper: Kube, lower: Kube, upper_cluster_id: str,
@@ -144,7 +146,6 @@ class Context:
         """
         mapping = namespacing.mapping(config.namespace_mapping,
                                       config.upper_cluster_name or namespacing.default_suffix(upper_cluster_id))
-        config.pool  # noqa: B018 - parse it now, so a bad selector stops the start
         owner = Owner(upper_cluster=upper_cluster_id, node_name=config.node_name, namespaces=mapping,
                       lower_cluster=lower_cluster_id)
         sel = owner.selector
@@ -188,6 +189,7 @@ class Context:
             lower_deps=lower_deps,
             lower_namespaces=Informer(lower, path("namespaces"), transform=_namespace_meta, name="lower-namespaces"),
             metrics=VirtualNodeMetrics(registry if registry is not None else CollectorRegistry()),
+            pool=config.pool,  # parsed once here: a bad selector stops the start
         )
         # Indexes, so handlers stay O(matches) per event instead of scanning a store.
         ctx.upper_pods.add_index(NAMESPACE, namespace_index)

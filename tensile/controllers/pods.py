@@ -382,7 +382,7 @@ class PodController:
         return None
 
     def _desired(self, upper: JSON) -> JSON:
-        return translate.lower_pod(upper, self.ctx.owner, self.ctx.upper_only_keys, self.ctx.config.pool)
+        return translate.lower_pod(upper, self.ctx.owner, self.ctx.upper_only_keys, self.ctx.pool)
 
     def _loop_reason(self, upper: JSON) -> str | None:
         """Why copying ``upper`` would send it round a loop (its chain holds the lower cluster); None: it would not."""
