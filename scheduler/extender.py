@@ -31,7 +31,6 @@ from typing import Any
 
 from scheduler.wire import MAX_PRIORITY
 from tensile import capacity, origin, translate
-from tensile import conventions as c
 from tensile.cluster_selector import MalformedPodError
 from tensile.profile import Profile, Query, Vector, Verdict
 
@@ -109,9 +108,9 @@ class Knowledge:
 
     def loop_reason(self, pod: JSONObject, name: str, node: JSONObject | None) -> str | None:
         """Why ``pod`` must not go to virtual node ``name``: back into its origin chain (see ``tensile.origin``)."""
-        if node is None:
-            node = {"metadata": {"name": name, "labels": {c.LOWER_CLUSTER_LABEL: self.leads_to.get(name, "")}}}
-        return origin.loop_reason(pod, node)
+        if node is not None:
+            return origin.loop_reason(pod, node)
+        return origin.refusal(pod, name, self.leads_to.get(name, ""))
 
     def profile_seen(self, name: str, status: Any, age: float = 0.0) -> None:
         """A ClusterProfile was added or changed; ``age``: how old its heartbeat already is (first sight)."""

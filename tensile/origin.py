@@ -55,12 +55,15 @@ def lower_cluster_of(node: JSON) -> str:
 
 def loop_reason(pod: JSON, node: JSON) -> str | None:
     """Why ``pod`` must not go to ``node``: it would go back to a cluster it came through. None: it may."""
-    target = lower_cluster_of(node)
+    return refusal(pod, str(_field(_field(node, "metadata"), "name") or ""), lower_cluster_of(node))
+
+
+def refusal(pod: JSON, node_name: str, target: str) -> str | None:
+    """:func:`loop_reason` for virtual node ``node_name`` leading to cluster ``target`` ("": nowhere known)."""
     chain = chain_of(pod)
     if not target or target not in chain:
         return None
-    name = _field(_field(node, "metadata"), "name") or ""
-    return (f"virtual node {name} leads to cluster {target}, which the pod already came through "
+    return (f"virtual node {node_name} leads to cluster {target}, which the pod already came through "
             f"(origin chain {' > '.join(chain)}); placing it there would send it round a loop")
 
 

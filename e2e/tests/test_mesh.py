@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -50,12 +52,18 @@ def _configmap(name: str, data: dict[str, str]) -> dict[str, object]:
 
 
 def _reads_config(name: str, labels: dict[str, str], node: str) -> dict[str, object]:
-    """A Deployment whose pods read ConfigMap ``app-config`` (a volume and an env var)."""
+    """A Deployment whose pods read ConfigMap ``app-config`` (a volume and an env var) and Secret ``app-secret``."""
     return deployment_manifest(name, 2, labels, nodeName=node, containers=[{
         "name": "app", "image": "nginx:1.25",
         "env": [{"name": "COLOUR", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "colour"}}}],
+        "envFrom": [{"secretRef": {"name": "app-secret"}}],
         "volumeMounts": [{"name": "cfg", "mountPath": "/etc/app"}]}],
         volumes=[{"name": "cfg", "configMap": {"name": "app-config"}}])
+
+
+def _service(name: str, selector: dict[str, str]) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 80}]}}
 
 
 def _running(cluster: LocalCluster, ns: str, selector: str, count: int) -> list[k8s.V1Pod]:
@@ -90,16 +98,19 @@ def shared_lower() -> Iterator[SharedLower]:
 def test_two_uppers_share_a_lower_cluster_in_suffixed_mode(shared_lower: SharedLower) -> None:
     east, west, lower = shared_lower
     ns = unique("shop")
-    nodes = {}
+    # West runs with --flat-network, so its Service is copied without selector, beside its EndpointSlices.
     with VirtualNodeProcess(east, lower, "vk-east-sfx", extra_args=[
             "--namespace-mapping=suffixed", "--upper-cluster-name=east", "--dependency-gc-delay=1"]) as vk_east, \
          VirtualNodeProcess(west, lower, "vk-west-sfx", extra_args=[
-            "--namespace-mapping=suffixed", "--upper-cluster-name=west", "--dependency-gc-delay=1"]) as vk_west:
+            "--namespace-mapping=suffixed", "--upper-cluster-name=west", "--dependency-gc-delay=1",
+            "--flat-network"]) as vk_west:
         for upper, vk, colour in ((east, vk_east, "blue"), (west, vk_west, "green")):
             create_namespace(upper, ns)
             upper.core.create_namespaced_config_map(ns, _configmap("app-config", {"colour": colour}))
+            upper.core.create_namespaced_secret(ns, {"metadata": {"name": "app-secret"},
+                                                     "stringData": {"TOKEN": colour}})
+            upper.core.create_namespaced_service(ns, _service("shop", {"app": "shop"}))
             upper.apps.create_namespaced_deployment(ns, _reads_config("shop", {"app": "shop"}, vk.name))
-            nodes[colour] = vk.name
         for upper in (east, west):
             _running(upper, ns, "app=shop", 2)
 
@@ -112,6 +123,21 @@ def test_two_uppers_share_a_lower_cluster_in_suffixed_mode(shared_lower: SharedL
             copies = _running(lower, lower_ns, "app=shop", 2)
             assert {p.metadata.annotations[c.UPPER_NAMESPACE_ANNOTATION] for p in copies} == {ns}
             assert lower.core.read_namespace(lower_ns).metadata.annotations[c.UPPER_NAMESPACE_ANNOTATION] == ns
+            secret = wait_for(partial(get_or_none, lower.core.read_namespaced_secret, "app-secret", lower_ns), 30,
+                              what=f"Secret copy in {lower_ns}")
+            assert base64.b64decode(secret.data["TOKEN"]).decode() == colour
+            svc = wait_for(partial(get_or_none, lower.core.read_namespaced_service, "shop", lower_ns), 30,
+                           what=f"Service copy in {lower_ns}")
+            assert svc.metadata.annotations[c.UPPER_NAMESPACE_ANNOTATION] == ns
+        assert lower.core.read_namespaced_service("shop", f"{ns}-east").spec.selector == {"app": "shop"}
+        assert not lower.core.read_namespaced_service("shop", f"{ns}-west").spec.selector
+
+        def west_slices() -> list[k8s.V1EndpointSlice]:
+            slices = k8s.DiscoveryV1Api(lower.api()).list_namespaced_endpoint_slice(
+                f"{ns}-west", label_selector=f"{c.SERVICE_NAME_LABEL}=shop").items
+            return [s for s in slices if s.endpoints]
+        slices = wait_for(west_slices, 60, what="west's EndpointSlices copied into its mapped namespace")
+        assert all(s.metadata.labels[c.ENDPOINTSLICE_MANAGED_BY_LABEL] == c.ENDPOINTSLICE_MANAGER for s in slices)
         assert get_or_none(lower.core.read_namespaced_config_map, "app-config", ns) is None
         west_before = {p.metadata.uid for p in _running(lower, f"{ns}-west", "app=shop", 2)}
 
@@ -120,9 +146,12 @@ def test_two_uppers_share_a_lower_cluster_in_suffixed_mode(shared_lower: SharedL
         east.core.delete_namespaced_config_map("app-config", ns)
         wait_for(lambda: not lower.core.list_namespaced_pod(f"{ns}-east").items, 60, what="east copies gone")
         wait_gone(lower.core.read_namespaced_config_map, "app-config", f"{ns}-east", what="east ConfigMap copy gone")
+        wait_gone(lower.core.read_namespaced_secret, "app-secret", f"{ns}-east", what="east Secret copy gone")
+        wait_gone(lower.core.read_namespaced_service, "shop", f"{ns}-east", what="east Service copy gone")
         time.sleep(3)  # give a wrong deletion time to happen
         assert {p.metadata.uid for p in _running(lower, f"{ns}-west", "app=shop", 2)} == west_before
         assert lower.core.read_namespaced_config_map("app-config", f"{ns}-west").data == {"colour": "green"}
+        assert lower.core.read_namespaced_service("shop", f"{ns}-west") and west_slices()
         _running(west, ns, "app=shop", 2)
         # The kubelet API finds the copy in its mapped namespace too.
         pod = west.core.list_namespaced_pod(ns, label_selector="app=shop").items[0]

@@ -386,9 +386,7 @@ class PodController:
 
     def _loop_reason(self, upper: JSON) -> str | None:
         """Why copying ``upper`` would send it round a loop (its chain holds the lower cluster); None: it would not."""
-        node = {"metadata": {"name": self.ctx.config.node_name,
-                             "labels": {c.LOWER_CLUSTER_LABEL: self.ctx.owner.lower_cluster}}}
-        return origin.loop_reason(upper, node)
+        return origin.refusal(upper, self.ctx.config.node_name, self.ctx.owner.lower_cluster)
 
     async def _create_failed(self, key: str, upper: JSON, exc: ApiError) -> float | None:
         if exc.already_exists:
