@@ -68,9 +68,9 @@ class DependencyController:
         ctx.upper_pods.add_handler(lambda o, n: self._on_pod("upper", o, n))
         ctx.lower_pods.add_handler(lambda o, n: self._on_pod("lower", o, n))
         for resource in RESOURCES:
-            for side in (ctx.upper_deps, ctx.lower_deps):
+            for lower, side in ((False, ctx.upper_deps), (True, ctx.lower_deps)):
                 if resource in side:
-                    side[resource].add_handler(self._object_handler(resource))
+                    side[resource].add_handler(self._object_handler(resource, lower))
         ctx.lower_namespaces.add_handler(self._on_namespace)
 
     # --- index ----------------------------------------------------------------------
@@ -111,18 +111,17 @@ class DependencyController:
                 if split_key(key)[1] == ns:
                     self.queue.add(key)
 
-    def _object_handler(self, resource: str) -> Handler:
-        return lambda old, new: self._on_object(resource, old, new)
+    def _object_handler(self, resource: str, lower: bool) -> Handler:
+        return lambda old, new: self._on_object(resource, lower, old, new)
 
-    def _on_object(self, resource: str, old: JSON | None, new: JSON | None) -> None:
+    def _on_object(self, resource: str, lower: bool, old: JSON | None, new: JSON | None) -> None:
+        """Queued under the upper object's key; ``lower``: ``obj`` is a lower copy (ours: the cache is filtered)."""
         obj = new or old
         if obj is None:
             return
-        owned = self.ctx.owner.owns(obj)
-        # An owned object is a lower copy (upper objects never carry our owner labels).
-        upper_key = self.ctx.upper_key(obj) if owned else key_of(obj)
+        upper_key = self.ctx.upper_key(obj) if lower else key_of(obj)
         key = f"{resource}/{upper_key}"
-        if key in self.referrers or owned or (
+        if key in self.referrers or (lower and self.ctx.owner.owns(obj)) or (
                 resource == deps.PVC and self.ctx.lower_deps[deps.PVC].get(self.ctx.lower_key(upper_key)) is not None):
             self.queue.add(key)
 

@@ -39,12 +39,12 @@ class ServiceController:
         self.queue = WorkQueue("services")
         self.workers = Workers(self.queue, self.reconcile, ctx.config.service_workers, self._on_error)
         ctx.upper_pods.add_handler(self._on_pod)
-        ctx.upper_deps[SERVICES].add_handler(self._on_service)
-        ctx.lower_deps[SERVICES].add_handler(self._on_service)
+        ctx.upper_deps[SERVICES].add_handler(lambda old, new: self._on_service(False, old, new))
+        ctx.lower_deps[SERVICES].add_handler(lambda old, new: self._on_service(True, old, new))
         ctx.lower_namespaces.add_handler(self._on_namespace)
         if self.flat:
-            ctx.upper_deps[ENDPOINTSLICES].add_handler(self._on_slice)
-            ctx.lower_deps[ENDPOINTSLICES].add_handler(self._on_slice)
+            ctx.upper_deps[ENDPOINTSLICES].add_handler(lambda old, new: self._on_slice(False, old, new))
+            ctx.lower_deps[ENDPOINTSLICES].add_handler(lambda old, new: self._on_slice(True, old, new))
 
     # --- triggers -----------------------------------------------------------------------
 
@@ -65,17 +65,18 @@ class ServiceController:
             for svc in self.ctx.upper_deps[SERVICES].by_index(NAMESPACE, upper_ns):
                 self.queue.add(key_of(svc))
 
-    def _on_service(self, old: JSON | None, new: JSON | None) -> None:
+    def _on_service(self, lower: bool, old: JSON | None, new: JSON | None) -> None:
+        """Queued under the upper Service's key; a lower copy says which (``lower``)."""
         obj = new or old
         if obj is not None:
-            self.queue.add(self.ctx.upper_key(obj) if self.ctx.owner.owns(obj) else key_of(obj))
+            self.queue.add(self.ctx.upper_key(obj) if lower else key_of(obj))
 
-    def _on_slice(self, old: JSON | None, new: JSON | None) -> None:
+    def _on_slice(self, lower: bool, old: JSON | None, new: JSON | None) -> None:
         obj = new or old
         meta = meta_of(obj)
         service = (meta.get("labels") or {}).get(c.SERVICE_NAME_LABEL)
         if service and obj is not None:
-            ns = self.ctx.upper_ns(obj) if self.ctx.owner.owns(obj) else meta.get("namespace")
+            ns = self.ctx.upper_ns(obj) if lower else meta.get("namespace")
             self.queue.add(f"{ns}/{service}")
 
     def _on_error(self, key: str, exc: BaseException) -> None:
