@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install binaries test test-long test-unit test-e2e lint demo bench clean
+.PHONY: all install binaries test test-long test-unit test-e2e test-example lint demo bench clean
 
 all: test
 
@@ -26,9 +26,14 @@ test-unit: $(STAMP)
 test-e2e: binaries
 	$(PY) -m pytest -q e2e/tests
 
-## Unit tests, lint, then end-to-end tests on real local control planes.
+## Unit tests, lint, then end-to-end tests on real local control planes, then the example project
+## (examples/paired), run from its own directory through the installed pytest plugin.
 test: binaries lint
 	$(PY) -m pytest -q tests e2e/tests
+	$(MAKE) test-example
+
+test-example: $(STAMP)
+	cd examples/paired && $(abspath $(PY)) -m pytest -q -p no:cacheprovider
 
 ## The long variants (scale, soak) of properties `make test` checks at a smaller size.
 test-long: binaries

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -295,6 +296,36 @@ def _exclusive(lock_path: Path, what: str, timeout: float = LOCK_TIMEOUT) -> Ite
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+#: How often a long download or build says it is still going.
+PROGRESS_EVERY = 15.0
+
+
+@contextlib.contextmanager
+def _progress(what: str, every: float = PROGRESS_EVERY) -> Iterator[None]:
+    """Log what is being obtained and, while it lasts, how long it has taken so far."""
+    started = time.monotonic()
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(every):
+            log.info("still obtaining %s: %s so far", what, _duration(time.monotonic() - started))
+
+    ticker = threading.Thread(target=tick, name=f"progress {what}", daemon=True)
+    log.info("obtaining %s (not cached yet; a Go build takes minutes)", what)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join(timeout=1.0)
+    log.info("obtained %s in %s", what, _duration(time.monotonic() - started))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def _obtain(c: Component, dest: Path, online: bool | None, allow_download: bool, allow_build: bool,
             go: str | None) -> bool | None:
     """Download or build one component into ``dest``; returns what is known of the network."""
@@ -349,7 +380,8 @@ def ensure_binaries(allow_build: bool = True, allow_download: bool = True) -> Pa
         with _exclusive(root / f".{c.cache_key}.lock", c.name):
             if _complete(dest, c.binaries):
                 continue  # another process made it while we waited
-            online = _obtain(c, dest, online, allow_download, allow_build, go)
+            with _progress(f"{c.name} {c.version}"):
+                online = _obtain(c, dest, online, allow_download, allow_build, go)
 
 
     link_dir = root / f"bin-{versions.KUBERNETES}-etcd-{versions.ETCD}-kwok-{versions.KWOK}"

@@ -19,6 +19,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("descheduler", "descheduler.cli"),
     ("rbac", "tensile.controllers.rbac_cli"),
     ("topology", "topology.cli"),
+    ("cluster", "e2e.clustercli"),
 )
 
 

@@ -63,3 +63,16 @@ def test_one_process_at_a_time_obtains_a_component(tmp_path: Path) -> None:
                 pass
     with binaries._exclusive(lock, "kwok", timeout=1.5):
         pass  # free again once released
+
+
+def test_a_long_build_says_what_it_obtains_and_for_how_long(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import time
+
+    with caplog.at_level(logging.INFO, logger=binaries.log.name), binaries._progress("kwok v0.8.0", every=0.05):
+        time.sleep(0.2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("obtaining kwok v0.8.0")
+    assert any(m.startswith("still obtaining kwok v0.8.0: 0s so far") for m in messages)
+    assert messages[-1].startswith("obtained kwok v0.8.0 in")
+    assert binaries._duration(125) == "2m05s"
