@@ -73,13 +73,13 @@ def register(subparsers: Any) -> None:
 
 
 def _spec_flags(p: argparse.ArgumentParser) -> None:
-    from e2e import federation
+    from e2e import nodespec
 
     p.add_argument("--nodes", action="append", default=[], metavar="SPEC",
                    help="nodes of each lower cluster, like '3x cpu=8,memory=32Gi,labels=zone=a' (repeatable; "
-                        f"default '{federation.DEFAULT_LOWER_NODES}')")
+                        f"default '{nodespec.DEFAULT_LOWER_NODES}')")
     p.add_argument("--upper-nodes", action="append", default=[], metavar="SPEC",
-                   help=f"nodes of the upper cluster (default '{federation.DEFAULT_UPPER_NODES}')")
+                   help=f"nodes of the upper cluster (default '{nodespec.DEFAULT_UPPER_NODES}')")
     p.add_argument("--lower", action="append", default=[], metavar="NAME",
                    help="a lower cluster, joined through virtual node vk-NAME (repeatable; none: one cluster alone)")
     p.add_argument("--webhook", action="store_true", help="install the tensile webhook in the upper cluster")
@@ -290,8 +290,8 @@ def _spec(args: argparse.Namespace, root: Path | None = None) -> Any:
 
     return federation.FederationSpec(
         args.name,
-        upper_nodes=nodespec.parse_all(args.upper_nodes, f"{args.name}-upper", federation.DEFAULT_UPPER_NODES),
-        lowers={name: nodespec.parse_all(args.nodes, f"{args.name}-{name}", federation.DEFAULT_LOWER_NODES)
+        upper_nodes=nodespec.parse_all(args.upper_nodes, f"{args.name}-upper", nodespec.DEFAULT_UPPER_NODES),
+        lowers={name: nodespec.parse_all(args.nodes, f"{args.name}-{name}", nodespec.DEFAULT_LOWER_NODES)
                 for name in args.lower},
         webhook=args.webhook, scheduler=args.scheduler, root=root, backend=args.backend)
 

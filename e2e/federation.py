@@ -12,6 +12,7 @@ propagates, so nothing is left running.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import time
@@ -29,8 +30,6 @@ from e2e.webhookproc import WebhookProcess
 log = logging.getLogger("tensile.federation")
 
 BACKENDS = ("local", "kind")
-DEFAULT_UPPER_NODES = "1x cpu=4,memory=8Gi"
-DEFAULT_LOWER_NODES = "2x cpu=8,memory=32Gi"
 
 
 @dataclasses.dataclass
@@ -110,11 +109,13 @@ class Federation:
         extender_port = free_port() if spec.scheduler else 0
         scheduler_config = kube_scheduler_config(f"http://127.0.0.1:{extender_port}") if spec.scheduler else None
         kw = {"scheduler_config": scheduler_config} if scheduler_config else {}
-        self.upper = _cluster(spec, upper_name, spec.upper_nodes, **kw)
-        self._add(self.upper).start()
+        self.upper = self._add(_cluster(spec, upper_name, spec.upper_nodes, **kw))
         for name, nodes in spec.lowers.items():
-            self.lowers[name] = _cluster(spec, f"{spec.name}-{name}", nodes)
-            self._add(self.lowers[name]).start()
+            self.lowers[name] = self._add(_cluster(spec, f"{spec.name}-{name}", nodes))
+        # The clusters boot at once: most of a start is waiting for an apiserver to answer.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(self.parts)) as pool:
+            for future in [pool.submit(cluster.start) for cluster in list(self.parts)]:
+                future.result()
         if spec.scheduler:
             self.extender = self._add(SchedulerProcess(self.upper, extender_port))
             self.extender.start()
@@ -143,6 +144,22 @@ class Federation:
         self.parts.clear()
         if problems:
             raise RuntimeError("could not stop cleanly: " + "; ".join(problems))
+
+    def log_tails(self, lines: int = 30) -> str:
+        """The last lines of every part's logs: each cluster's components, then the processes beside them."""
+        out = []
+        for part in self.parts:
+            if hasattr(part, "log_tails"):
+                out.append(part.log_tails(lines))
+            else:
+                out.append(f"----- {part.label} -----\n{part.log_tail(lines)}")
+        return "\n".join(out)
+
+    def mark_failed(self) -> None:
+        """Keep every cluster's directory (logs, etcd data) after it stops."""
+        for part in self.parts:
+            if hasattr(part, "failed"):
+                part.failed = True
 
     @property
     def clusters(self) -> dict[str, LocalCluster]:

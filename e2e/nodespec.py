@@ -14,6 +14,8 @@ from e2e.kwok import NodeSpec
 
 _COUNT = re.compile(r"^\s*(\d+)\s*x\s*(.*)$")
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+DEFAULT_UPPER_NODES = "1x cpu=4,memory=8Gi"
+DEFAULT_LOWER_NODES = "2x cpu=8,memory=32Gi"
 
 
 class NodeSpecError(ValueError):

@@ -93,12 +93,12 @@ def _spec(request: pytest.FixtureRequest, name: str, lowers: list[str]) -> Any:
 
     shape = _shape(request)
     if lowers:
-        upper = nodespec.parse_all(shape.upper_nodes, f"{name}-upper", federation.DEFAULT_UPPER_NODES)
+        upper = nodespec.parse_all(shape.upper_nodes, f"{name}-upper", nodespec.DEFAULT_UPPER_NODES)
     else:
-        upper = nodespec.parse_all(shape.nodes, "node", federation.DEFAULT_LOWER_NODES)
+        upper = nodespec.parse_all(shape.nodes, "node", nodespec.DEFAULT_LOWER_NODES)
     return federation.FederationSpec(
         name, upper_nodes=upper,
-        lowers={lower: nodespec.parse_all(shape.nodes, lower, federation.DEFAULT_LOWER_NODES) for lower in lowers},
+        lowers={lower: nodespec.parse_all(shape.nodes, lower, nodespec.DEFAULT_LOWER_NODES) for lower in lowers},
         webhook=shape.webhook, scheduler=shape.scheduler, backend=str(request.config.getoption("--tensile-backend")))
 
 
@@ -171,10 +171,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     report = outcome.get_result()
     if report.failed and _LIVE:
         for fed in list(_LIVE):
-            for part in fed.parts:
-                if hasattr(part, "failed"):
-                    part.failed = True  # keeps its directory
-                print(f"\n----- {part.label} -----\n{part.log_tail()}", file=sys.stderr)
+            fed.mark_failed()
+            print(f"\n{fed.log_tails()}", file=sys.stderr)
 
 
 @atexit.register

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Callable, Sequence
 
 #: (subcommand, module that provides ``register``)
@@ -23,19 +24,28 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that subcommand's module is imported (start-up stays fast)."""
     parser = argparse.ArgumentParser(
         prog="tensile",
         description="Treat each lower Kubernetes cluster as one virtual node of an upper cluster.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for _name, module in SUBCOMMANDS:
-        importlib.import_module(module).register(subparsers)
+    for name, module in SUBCOMMANDS:
+        if only is None or name == only:
+            importlib.import_module(module).register(subparsers)
     return parser
 
 
+def _subcommand(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names, when it names a known one first."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in dict(SUBCOMMANDS) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_subcommand(argv))
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
