@@ -174,3 +174,25 @@ def test_bad_input_gets_one_clear_line_and_exit_code_2(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "TENSILE_K8S_BIN" in result.stderr and "go" in result.stderr
     assert not (state / "nobins").exists(), "nothing half-created"
+
+
+def test_up_with_the_scheduler_extender_places_pods_through_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    up = tensile(state, "up", "sched", "--lower", "a", "--scheduler", "--webhook")
+    assert up.returncode == 0, up.stderr
+    try:
+        secret = token(state, "sched")
+        cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in processes_with(secret)]
+        assert any(b"tensile.cli\x00scheduler" in cmd for cmd in cmdlines), "the extender runs"
+        kubeconfig = re.search(r"^export KUBECONFIG=(\S+)$", up.stdout, re.M).group(1)
+        config = Path(kubeconfig).parent / "kube-scheduler.yaml"
+        assert "extenders" in config.read_text() and "filterVerb" in config.read_text()
+        env = dict(os.environ, KUBECONFIG=kubeconfig)
+        subprocess.run(["kubectl", "apply", "-f", "-"], input=POD, text=True, env=env, check=True, timeout=60)
+        subprocess.run(["kubectl", "wait", "--for=condition=Ready", "pod/hello", "--timeout=60s"], env=env,
+                       check=True, timeout=90, capture_output=True)
+        extender_log = next((state / "sched").rglob("tensile-scheduler.log"))
+        assert 'pod="default/hello"' in extender_log.read_text(), "kube-scheduler asked the extender"
+    finally:
+        down = tensile(state, "down", "sched")
+    assert down.returncode == 0, down.stderr

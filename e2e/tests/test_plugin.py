@@ -64,3 +64,18 @@ def test_ctrl_c_in_the_middle_of_a_test_stops_every_process(tmp_path: Path) -> N
     while processes_with("ctrl-c-token") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert processes_with("ctrl-c-token") == []
+
+
+def test_the_kind_backend_skips_with_the_reason_where_no_docker_runs(tmp_path: Path) -> None:
+    from e2e.kindbackend import kind_unavailable
+
+    reason = kind_unavailable()
+    if reason is None:
+        pytest.skip("kind and Docker run here: the skip this test checks cannot happen")
+    path = project(tmp_path, "def test_on_kind(tensile_pair):\n    raise AssertionError('never runs')\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           "--tensile-backend=kind"], cwd=path, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 skipped" in proc.stdout and "the kind backend cannot run here" in proc.stdout
+    assert reason in proc.stdout
