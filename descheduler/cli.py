@@ -11,7 +11,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -71,7 +70,7 @@ def election(args: argparse.Namespace) -> LeaderElectionConfig | None:
     config = LeaderElectionConfig(
         namespace=args.leader_elect_resource_namespace or c.KUBE_SYSTEM,
         name=args.leader_elect_resource_name or COMPONENT,
-        identity=f"{socket.gethostname()}_{uuid.uuid4()}",
+        identity=flags.leader_identity(),
         lease_duration=args.leader_elect_lease_duration, renew_deadline=args.leader_elect_renew_deadline,
         retry_period=args.leader_elect_retry_period)
     problems = config.problems()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -113,6 +115,11 @@ def parse_bool(value: str) -> bool:
     if text in ("0", "f", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"invalid boolean {value!r}: use true or false")
+
+
+def leader_identity() -> str:
+    """client-go's default leader-election identity: the host name and a UUID, unique per process."""
+    return f"{socket.gethostname()}_{uuid.uuid4()}"
 
 
 def add_leader_election_flags(parser: Any, default_on: bool | None, component: str, default_name: str,

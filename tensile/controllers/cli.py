@@ -6,9 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 import sys
-import uuid
 from typing import Any
 
 from tensile import conventions as c
@@ -160,11 +158,6 @@ def _port_to_addr(value: str) -> tuple[str, int] | None:
     return flags.parse_bind_address(f":{value}") if value.strip() not in ("", "0") else None
 
 
-def identity() -> str:
-    """client-go's default: the host name and a UUID, unique per process."""
-    return f"{socket.gethostname()}_{uuid.uuid4()}"
-
-
 def default_lease_namespace() -> str:
     """The pod's own namespace in a cluster, else kube-system (as kube-controller-manager's)."""
     sa_dir = os.environ.get("TENSILE_SERVICEACCOUNT_DIR", SERVICEACCOUNT_DIR)
@@ -189,7 +182,7 @@ def leader_election(args: argparse.Namespace) -> LeaderElectionConfig | None:
     config = LeaderElectionConfig(
         namespace=args.leader_elect_resource_namespace or default_lease_namespace(),
         name=args.leader_elect_resource_name or args.nodename,
-        identity=identity(),
+        identity=flags.leader_identity(),
         lease_duration=args.leader_elect_lease_duration,
         renew_deadline=args.leader_elect_renew_deadline,
         retry_period=args.leader_elect_retry_period,
