@@ -16,6 +16,9 @@ replaces the staging modules with local paths, so the build uses a scratch
 module that requires it and maps each staging module to its published
 ``v0.X.Y`` twin. etcd and kwok build the same way, which also sidesteps any
 ``replace`` lines in their own go.mod files.
+
+metrics-server and helm (:func:`helm`, for the chart tests and ``make manifests``) are obtained
+and cached the same way by ``make binaries``, but are optional in ``TENSILE_K8S_BIN``.
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ log = logging.getLogger("tensile.e2e.binaries")
 
 K8S_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 ALL_BINARIES = ("etcd", *K8S_COMPONENTS, "kwok")
-#: Built and cached with the others, but optional in ``TENSILE_K8S_BIN``: only metrics tests run it.
-OPTIONAL_BINARIES = ("metrics-server",)
+#: Built and cached with the others, but optional in ``TENSILE_K8S_BIN``: only metrics tests run
+#: metrics-server, and only the chart tests run helm.
+OPTIONAL_BINARIES = ("metrics-server", "helm")
 
 NETWORK_PROBE_TIMEOUT = 3.0
 
@@ -89,6 +93,17 @@ def _k8s_ldflags(version: str) -> str:
     return "-s -w " + " ".join(flags)
 
 
+def _helm_ldflags(version: str, k8s_minor: str) -> str:
+    """What helm's own Makefile stamps: its version, and the Kubernetes minor of its client-go, which is
+    ``.Capabilities.KubeVersion`` in ``helm template`` and the bar of ``helm lint``'s deprecation check
+    (left unset, both say v1.20)."""
+    flags = [f"-X helm.sh/helm/v3/internal/version.version={version}",
+             "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"]
+    for pkg in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
+        flags += [f"-X {pkg}.k8sVersionMajor=1", f"-X {pkg}.k8sVersionMinor={k8s_minor}"]
+    return "-s -w " + " ".join(flags)
+
+
 def components() -> tuple[Component, ...]:
     return (
         Component(
@@ -124,7 +139,19 @@ def components() -> tuple[Component, ...]:
             ldflags=f"-s -w -X sigs.k8s.io/metrics-server/pkg/version.gitVersion={versions.METRICS_SERVER}",
             downloadable=False,
         ),
+        Component(
+            name="helm",
+            module="helm.sh/helm/v3",
+            version=versions.HELM,
+            packages=("helm.sh/helm/v3/cmd/helm",),
+            binaries=("helm",),
+            ldflags=_helm_ldflags(versions.HELM, versions.HELM_K8S_MINOR),
+        ),
     )
+
+
+def component(name: str) -> Component:
+    return next(c for c in components() if c.name == name)
 
 
 def cache_root() -> Path:
@@ -156,7 +183,20 @@ def _release_urls(c: Component) -> dict[str, str]:
                 f"etcd-{c.version}-linux-{arch}.tar.gz"
             )
         }
+    if c.name == "helm":
+        return {"helm.tar.gz": f"https://get.helm.sh/helm-{c.version}-linux-{arch}.tar.gz"}
     return {"kwok": f"https://github.com/kubernetes-sigs/kwok/releases/download/{c.version}/kwok-linux-{arch}"}
+
+
+def extract_binaries(archive: Path, names: tuple[str, ...], dest: Path) -> None:
+    """Extract the regular files called one of ``names`` from a release tarball, flattened into ``dest``
+    (etcd's tarball holds ``etcd-vX-linux-amd64/etcd``, helm's ``linux-amd64/helm``)."""
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            base = Path(member.name).name
+            if base in names and member.isfile():
+                member.name = base
+                tar.extract(member, dest, filter="data")
 
 
 def network_available(url: str = "https://dl.k8s.io/", timeout: float = NETWORK_PROBE_TIMEOUT) -> bool:
@@ -177,11 +217,7 @@ def download(c: Component, dest: Path) -> None:
             with urllib.request.urlopen(url, timeout=60) as resp, open(tmp / name, "wb") as out:
                 shutil.copyfileobj(resp, out)
             if name.endswith(".tar.gz"):
-                with tarfile.open(tmp / name) as tar:
-                    for member in tar.getmembers():
-                        if Path(member.name).name == "etcd" and member.isfile():
-                            member.name = "etcd"
-                            tar.extract(member, tmp, filter="data")
+                extract_binaries(tmp / name, c.binaries, tmp)
                 (tmp / name).unlink()
         for b in c.binaries:
             (tmp / b).chmod(0o755)
@@ -339,7 +375,7 @@ def _obtain(c: Component, dest: Path, online: bool | None, allow_download: bool,
             log.warning("download of %s failed (%s); trying a Go build", c.name, exc)
     if not (allow_build and go):
         why = "no `go` on PATH" if not go else "building is disabled"
-        raise BinariesUnavailable(_no_way_message("no cached copy, no network, and " + why))
+        raise BinariesUnavailable(_no_way_message(f"{c.name} {c.version}: no cached copy, no network, and " + why))
     go_build(c, dest, go)
     return online
 
@@ -353,6 +389,32 @@ def _no_way_message(reason: str) -> str:
         "  3. install a Go toolchain (go >= 1.26) with access to a Go module proxy; `make binaries` "
         f"then builds them once into {cache_root()}."
     )
+
+
+def _ensure_component(c: Component, root: Path, online: bool | None, allow_download: bool, allow_build: bool,
+                      go: str | None) -> bool | None:
+    """Put one component into the cache unless it is there; one process at a time."""
+    dest = root / c.cache_key
+    if _complete(dest, c.binaries):
+        return online
+    with _exclusive(root / f".{c.cache_key}.lock", c.name):
+        if _complete(dest, c.binaries):
+            return online  # another process made it while we waited
+        with _progress(f"{c.name} {c.version}"):
+            return _obtain(c, dest, online, allow_download, allow_build, go)
+
+
+def helm(allow_build: bool = True, allow_download: bool = True) -> Path:
+    """The helm binary the chart tests run: ``$TENSILE_K8S_BIN/helm`` if there, else the cached copy,
+    obtained (downloaded or built, as ``make binaries`` does) if missing."""
+    override = os.environ.get("TENSILE_K8S_BIN")
+    if override and os.access(Path(override) / "helm", os.X_OK):
+        return Path(override) / "helm"
+    c = component("helm")
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    _ensure_component(c, root, None, allow_download, allow_build, shutil.which("go"))
+    return root / c.cache_key / "helm"
 
 
 def ensure_binaries(allow_build: bool = True, allow_download: bool = True) -> Path:
@@ -374,15 +436,7 @@ def ensure_binaries(allow_build: bool = True, allow_download: bool = True) -> Pa
     online: bool | None = None
     go = shutil.which("go")
     for c in components():
-        dest = root / c.cache_key
-        if _complete(dest, c.binaries):
-            continue
-        with _exclusive(root / f".{c.cache_key}.lock", c.name):
-            if _complete(dest, c.binaries):
-                continue  # another process made it while we waited
-            with _progress(f"{c.name} {c.version}"):
-                online = _obtain(c, dest, online, allow_download, allow_build, go)
-
+        online = _ensure_component(c, root, online, allow_download, allow_build, go)
 
     link_dir = root / f"bin-{versions.KUBERNETES}-etcd-{versions.ETCD}-kwok-{versions.KWOK}"
     link_dir.mkdir(exist_ok=True)

@@ -76,3 +76,61 @@ def test_a_long_build_says_what_it_obtains_and_for_how_long(caplog: pytest.LogCa
     assert any(m.startswith("still obtaining kwok v0.8.0: 0s so far") for m in messages)
     assert messages[-1].startswith("obtained kwok v0.8.0 in")
     assert binaries._duration(125) == "2m05s"
+
+
+def test_helm_is_built_from_its_module_with_its_version_stamped() -> None:
+    from e2e import versions
+
+    helm = binaries.component("helm")
+    assert helm in binaries.components()  # so `make binaries` builds it
+    assert helm.module == "helm.sh/helm/v3" and helm.packages == ("helm.sh/helm/v3/cmd/helm",)
+    assert helm.version == versions.HELM and helm.binaries == ("helm",)
+    assert binaries.go_binary_name(helm.packages[0]) == "helm"
+    assert f"-X helm.sh/helm/v3/internal/version.version={versions.HELM}" in helm.ldflags
+    # helm template's .Capabilities.KubeVersion is its client-go's, not v1.20.
+    assert f"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor={versions.HELM_K8S_MINOR}" in helm.ldflags
+    assert "helm" in binaries.OPTIONAL_BINARIES and "helm" not in binaries.ALL_BINARIES
+    assert binaries.scratch_go_mod(helm, "module helm.sh/helm/v3\n\ngo 1.26.0\n").endswith(
+        f"require helm.sh/helm/v3 {versions.HELM}\n")
+
+
+def test_helm_release_tarball_is_flattened_to_the_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import tarfile
+
+    helm = binaries.component("helm")
+    monkeypatch.setattr(binaries, "_arch", lambda: "amd64")
+    assert binaries._release_urls(helm) == {
+        "helm.tar.gz": f"https://get.helm.sh/helm-{helm.version}-linux-amd64.tar.gz"}
+    archive = tmp_path / "helm.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, body in (("linux-amd64/helm", b"#!/bin/sh\n"), ("linux-amd64/LICENSE", b"Apache")):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    out = tmp_path / "out"
+    out.mkdir()
+    binaries.extract_binaries(archive, helm.binaries, out)
+    assert sorted(p.name for p in out.iterdir()) == ["helm"]
+
+
+def test_helm_comes_from_tensile_k8s_bin_or_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def executable(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+        return path
+
+    monkeypatch.setenv("TENSILE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no go: nothing may be built
+    monkeypatch.setattr(binaries, "network_available", lambda *a, **k: False)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("TENSILE_K8S_BIN", str(bin_dir))
+    with pytest.raises(binaries.BinariesUnavailable):  # optional there, so looked for in the cache, in vain
+        binaries.helm()
+    cached = executable(tmp_path / "cache" / binaries.component("helm").cache_key / "helm")
+    assert binaries.helm() == cached
+    assert binaries.helm(allow_build=False) == cached
+    own = executable(bin_dir / "helm")
+    assert binaries.helm() == own
