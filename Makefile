@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install binaries test test-long test-unit test-e2e test-example lint demo bench clean
+.PHONY: all install binaries manifests test test-long test-unit test-e2e test-example lint demo bench clean
 
 all: test
 
@@ -19,6 +19,11 @@ install: $(STAMP)
 ## Control-plane binaries: $TENSILE_K8S_BIN, the cache, a release download, or a Go build.
 binaries: $(STAMP)
 	$(PY) -m e2e.binaries
+
+## deploy/: the chart's RBAC rules and CRD from tensile's code, and deploy/manifests/ rendered from the
+## chart with deploy/values/*.yaml (helm is obtained as `make binaries` does, and cached).
+manifests: $(STAMP)
+	$(PY) deploy/render.py
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -40,8 +45,9 @@ test-long: binaries
 	$(PY) -m pytest -q -m long e2e/tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check tensile webhook scheduler descheduler topology e2e tests bench
+	$(PY) -m ruff check tensile webhook scheduler descheduler topology e2e tests bench deploy
 	$(PY) -m mypy
+	$(PY) -m mypy deploy/render.py
 	$(VENV)/bin/lint-imports
 
 ## Local upper + lower clusters, the virtual node and the webhook, a sample workload.
