@@ -68,9 +68,15 @@ def crd() -> str:
         + yaml.safe_dump(clusterprofile.crd(), sort_keys=False)
 
 
+def lower_guard() -> str:
+    return GENERATED + "# From tensile.rbac.lower_guard_policy(); __ACCOUNT__ is the lower ServiceAccount's name.\n" \
+        + yaml.safe_dump_all(rbac.lower_guard_policy("__ACCOUNT__"), sort_keys=False)
+
+
 def chart_files() -> dict[Path, str]:
     """The chart's generated inputs (no helm needed)."""
-    return {CHART / "files" / "rbac-rules.yaml": rbac_rules(), CHART / "crds" / "clusterprofile.yaml": crd()}
+    return {CHART / "files" / "rbac-rules.yaml": rbac_rules(), CHART / "files" / "lower-guard.yaml": lower_guard(),
+            CHART / "crds" / "clusterprofile.yaml": crd()}
 
 
 def manifests(helm: str) -> dict[Path, str]:

@@ -6,6 +6,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from e2e.cluster import LocalCluster
 from e2e.metrics import Samples, scrape
@@ -13,8 +14,10 @@ from e2e.process import Process, Supervised, free_port
 
 
 class DeschedulerProcess(Supervised):
-    def __init__(self, upper: LocalCluster, name: str = "descheduler", extra_args: list[str] | None = None) -> None:
+    def __init__(self, upper: LocalCluster, name: str = "descheduler", extra_args: list[str] | None = None,
+                 kubeconfig: Path | None = None) -> None:
         self.upper = upper
+        self.kubeconfig = kubeconfig or upper.kubeconfig
         self.name = name
         self.port = free_port()
         self.extra_args = extra_args or []
@@ -23,7 +26,7 @@ class DeschedulerProcess(Supervised):
         self.label = f"tensile descheduler ({self.log_path})"
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "tensile.cli", "descheduler", f"--kubeconfig={self.upper.kubeconfig}",
+        return [sys.executable, "-m", "tensile.cli", "descheduler", f"--kubeconfig={self.kubeconfig}",
                 f"--metrics-addr=127.0.0.1:{self.port}", "--interval=2s", "--unschedulable-for=5s",
                 "--leader-elect-lease-duration=6s", "--leader-elect-renew-deadline=4s",
                 "--leader-elect-retry-period=1s", "--v=4", "--log-format=text", *self.extra_args]

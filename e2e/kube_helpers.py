@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client as k8s
 
 from e2e.cluster import LocalCluster, wait_for
@@ -135,3 +137,37 @@ class StaticTokens:
         self.token = f"tok-{secrets.token_hex(16)}"
         self.path.write_text(f'{self.token},tensile-vn,tensile-vn,"system:masters"\n')
         return self.token
+
+
+def token_kubeconfig(cluster: LocalCluster, path: Path, token: str, server: str | None = None) -> Path:
+    """A kubeconfig for ``cluster`` that authenticates with ``token``, written atomically (as a secret
+    syncing sidecar would)."""
+    entry = {"server": server or cluster.server, "certificate-authority": str(cluster.ca_file)}
+    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "sa",
+           "clusters": [{"name": "c", "cluster": entry}],
+           "users": [{"name": "sa", "user": {"token": token}}],
+           "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}]}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(cfg))
+    os.replace(tmp, path)
+    return path
+
+
+def service_account_kubeconfig(cluster: LocalCluster, namespace: str, name: str, path: Path) -> Path:
+    """A kubeconfig with a fresh token of ServiceAccount ``namespace/name``: exactly its RBAC, nothing more."""
+    token: str = wait_for(lambda: cluster.core.create_namespaced_service_account_token(
+        name, namespace, {"spec": {"expirationSeconds": 3600}}).status.token, 30, what=f"a token of {name}")
+    return token_kubeconfig(cluster, path, token)
+
+
+#: Kinds tensile labels with app.kubernetes.io/managed-by=tensile, for "nothing left behind" checks.
+TENSILE_KINDS = ("namespaces,serviceaccounts,secrets,configmaps,pods,services,persistentvolumeclaims,"
+                 "endpointslices,deployments,roles,rolebindings,clusterroles,clusterrolebindings,leases,"
+                 "validatingadmissionpolicies,validatingadmissionpolicybindings,nodes,customresourcedefinitions")
+
+
+def tensile_objects(cluster: LocalCluster) -> set[str]:
+    """Every object in ``cluster`` labelled managed-by=tensile, as ``kind/namespace/name``."""
+    out = kubectl(cluster, "get", TENSILE_KINDS, "-A", "-l", f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY_VALUE}",
+                  "-o", "jsonpath={range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}")
+    return {line for line in out.splitlines() if line.strip()}

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -28,8 +29,10 @@ def kube_scheduler_config(url: str) -> dict[str, Any]:
 
 
 class SchedulerProcess(Supervised):
-    def __init__(self, upper: LocalCluster, port: int | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(self, upper: LocalCluster, port: int | None = None, extra_args: list[str] | None = None,
+                 kubeconfig: Path | None = None) -> None:
         self.upper = upper
+        self.kubeconfig = kubeconfig or upper.kubeconfig
         self.port = port or free_port()
         self.extra_args = extra_args or []
         self.log_path = upper.dir / "tensile-scheduler.log"
@@ -41,7 +44,7 @@ class SchedulerProcess(Supervised):
         return f"http://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "tensile.cli", "scheduler", f"--kubeconfig={self.upper.kubeconfig}",
+        return [sys.executable, "-m", "tensile.cli", "scheduler", f"--kubeconfig={self.kubeconfig}",
                 f"--port={self.port}", "--bind-address=127.0.0.1", "--v=5", "--log-format=text", *self.extra_args]
 
     def start(self, timeout: float = 60.0) -> None:

@@ -29,6 +29,7 @@ class VirtualNodeProcess(Supervised):
         upper_env: dict[str, str] | None = None,
         upper_kubeconfig: Path | None = None,
         verified_serving_cert: bool = True,
+        lower_kubeconfig: Path | None = None,
     ) -> None:
         self.upper = upper
         self.lower = lower
@@ -38,6 +39,7 @@ class VirtualNodeProcess(Supervised):
         #: When set, the upper side is reached with these (in-cluster) variables, not a kubeconfig.
         self.upper_env = upper_env
         self.upper_kubeconfig = upper_kubeconfig or upper.kubeconfig
+        self.lower_kubeconfig = lower_kubeconfig or lower.kubeconfig
         self.metrics_port = 0
         self.kubelet_port = free_port()
         #: Serve the kubelet API with a certificate the upper apiserver verifies (else self-signed).
@@ -62,7 +64,7 @@ class VirtualNodeProcess(Supervised):
             sys.executable, "-m", "tensile.cli", "virtual-node",
             f"--nodename={self.name}",
             *([] if self.upper_env else [f"--kubeconfig={self.upper_kubeconfig}"]),
-            f"--client-kubeconfig={self.lower.kubeconfig}",
+            f"--client-kubeconfig={self.lower_kubeconfig}",
             "--node-ip=127.0.0.1",
             f"--metrics-addr=127.0.0.1:{self.metrics_port}",
             "--kubelet-address=127.0.0.1",

@@ -21,6 +21,8 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("rbac", "tensile.controllers.rbac_cli"),
     ("topology", "topology.cli"),
     ("cluster", "e2e.clustercli"),
+    ("join", "tensile.join_cli"),
+    ("unjoin", "tensile.join_cli"),
 )
 
 
@@ -31,9 +33,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Treat each lower Kubernetes cluster as one virtual node of an upper cluster.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in SUBCOMMANDS:
-        if only is None or name == only:
-            importlib.import_module(module).register(subparsers)
+    # A module may register several subcommands (join and unjoin): import and register each once.
+    modules = dict.fromkeys(module for name, module in SUBCOMMANDS if only is None or name == only)
+    for module in modules:
+        importlib.import_module(module).register(subparsers)
     return parser
 
 

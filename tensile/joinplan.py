@@ -19,8 +19,8 @@ import hashlib
 import re
 from typing import Any
 
+from tensile import clusterprofile, manifests, rbac
 from tensile import conventions as c
-from tensile import rbac
 
 JSON = dict[str, Any]
 
@@ -61,11 +61,11 @@ class Names:
 
     @property
     def upper_service_account(self) -> str:
-        return f"tensile-{self.node}"
+        return manifests.service_account(self.node)
 
     @property
     def secret(self) -> str:
-        return f"tensile-{self.node}-lower-kubeconfig"
+        return manifests.lower_kubeconfig_secret(self.node)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -100,6 +100,7 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "ValidatingAdmissionPolicyBinding": ("admissionregistration.k8s.io/v1", "validatingadmissionpolicybindings",
                                          False),
     c.PROFILE_KIND: (f"{c.PROFILE_GROUP}/{c.PROFILE_VERSION}", c.PROFILE_PLURAL, False),
+    "CustomResourceDefinition": ("apiextensions.k8s.io/v1", "customresourcedefinitions", False),
 }
 
 
@@ -142,6 +143,11 @@ def upper_secret(names: Names, kubeconfig: str, lower_cluster: str, expires: str
                      "annotations": {TOKEN_EXPIRES_ANNOTATION: expires}},
         "stringData": {SECRET_KEY: kubeconfig},
     }
+
+
+def upper_installed(names: Names, deployment: JSON) -> list[JSON]:
+    """What ``--install`` applies upstairs (and ``--print`` prints): the CRD, the RBAC, the Deployment."""
+    return [clusterprofile.crd(), *upper_rbac(names), deployment]
 
 
 def upper_rbac(names: Names) -> list[JSON]:
@@ -262,6 +268,7 @@ def upper_rights(names: Names, install: bool) -> list[Right]:
             *_applied("Role", ns), *_applied("RoleBinding", ns),
             *_applied("Role", c.NODE_LEASE_NAMESPACE), *_applied("RoleBinding", c.NODE_LEASE_NAMESPACE),
             *_applied("Deployment", ns, why="the virtual node"),
+            *_applied("CustomResourceDefinition", why="the ClusterProfile CRD for the virtual node's capacity profile"),
         ]
     return rights
 

@@ -169,35 +169,35 @@ def _managed(obj: str) -> str:
             f"&& {labels}['{c.MANAGED_BY_LABEL}'] == '{c.MANAGED_BY_VALUE}'")
 
 
-def lower_guard_policy(namespace: str = "tensile-system",
-                       prefix: str = LOWER_SERVICE_ACCOUNT_PREFIX) -> list[JSON]:
-    """A ValidatingAdmissionPolicy and its binding for the lower cluster.
+def lower_guard_policy(prefix: str = LOWER_SERVICE_ACCOUNT_PREFIX) -> list[JSON]:
+    """A ValidatingAdmissionPolicy named ``<prefix>-guard`` and its binding, for the lower cluster.
 
-    Requests from ServiceAccounts in ``namespace`` whose names start with ``prefix`` may create only
+    Requests from ServiceAccounts (in any namespace) whose names start with ``prefix`` may create only
     objects labelled ``managed-by=tensile`` and may change or delete only objects that carry it.
     Tensile's own code already refuses to touch what it does not own (``controllers/copies.py``);
     this makes the lower apiserver refuse it too, so a bug or a stolen token cannot.
     """
-    name = "tensile-lower-guard"
-    user = f"system:serviceaccount:{namespace}:{prefix}"
+    name = f"{prefix}-guard"
     labels = {c.MANAGED_BY_LABEL: c.MANAGED_BY_VALUE}
     rules = [{"apiGroups": [group], "apiVersions": ["v1"], "resources": resources,
               "operations": ["CREATE", "UPDATE", "DELETE"]} for group, resources in LOWER_WRITTEN.items()]
     # A subresource write (ephemeral containers) is checked against the pod it changes.
-    validation = (f"request.operation == 'CREATE' ? ({_managed('object')}) : ({_managed('oldObject')})")
+    validation = f"request.operation == 'CREATE' ? ({_managed('object')}) : ({_managed('oldObject')})"
     return [
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
          "metadata": {"name": name, "labels": labels},
          "spec": {
              "failurePolicy": "Fail",
              "matchConstraints": {"resourceRules": rules},
-             "matchConditions": [{"name": "tensile-lower-credentials",
-                                  "expression": f"request.userInfo.username.startsWith('{user}')"}],
+             "matchConditions": [{
+                 "name": "tensile-lower-credentials",
+                 "expression": f"request.userInfo.username.matches('^system:serviceaccount:[^:]+:{prefix}')",
+             }],
              "validations": [{
                  "expression": validation,
                  "messageExpression": "'tensile may change only objects labelled "
                                       f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY_VALUE}; ' + request.resource.resource "
-                                      "+ ' ' + request.namespace + '/' + request.name + ' is not tensile\'s'",
+                                      "+ ' ' + request.namespace + '/' + request.name + ' was not made by tensile'",
                  "reason": "Forbidden",
              }],
          }},
@@ -274,5 +274,5 @@ def lower_rbac(namespace: str = "tensile-system", service_account: str = LOWER_S
          "metadata": {"name": service_account, "namespace": namespace, "labels": labels}},
         lower_role(),
         _binding("ClusterRoleBinding", service_account, LOWER_ROLE, subject, labels),
-        *lower_guard_policy(namespace),
+        *lower_guard_policy(),
     ]

@@ -143,13 +143,19 @@ def test_every_role_is_rendered_from_the_rules_file(render: Callable[..., Docs])
 def test_lower_cluster_mode_renders_only_the_lower_rbac(render: Callable[..., Docs]) -> None:
     docs = render({**EVERYTHING, "lowerCluster": {"enabled": True}})
     assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
-        ("ClusterRole", "tensile-lower"), ("ClusterRoleBinding", "tensile-lower"), ("ServiceAccount", "tensile-lower")]
+        ("ClusterRole", "tensile-lower"), ("ClusterRoleBinding", "tensile-lower"), ("ServiceAccount", "tensile-lower"),
+        ("ValidatingAdmissionPolicy", "tensile-lower-guard"),
+        ("ValidatingAdmissionPolicyBinding", "tensile-lower-guard")]
+    guard = [d for d in docs if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert guard == rbac.lower_guard_policy("tensile-lower")
     assert one(docs, "ClusterRole")["rules"] == rbac.chart_rules()["virtualNodeLower"]
     assert one(docs, "ClusterRoleBinding")["subjects"] == [
         {"kind": "ServiceAccount", "name": "tensile-lower", "namespace": NS}]
     assert one(docs, "ServiceAccount")["metadata"]["namespace"] == NS
-    # The lower guard policy matches ServiceAccounts by this prefix.
-    assert "tensile-lower".startswith(rbac.LOWER_SERVICE_ACCOUNT_PREFIX)
+    # A release named otherwise guards its own account.
+    renamed = render({"lowerCluster": {"enabled": True}, "fullnameOverride": "acme"})
+    assert [d for d in renamed if d["kind"].startswith("ValidatingAdmissionPolicy")] == \
+        rbac.lower_guard_policy("acme-lower")
 
 
 def test_every_deployment_is_probed_non_root_and_read_only(render: Callable[..., Docs]) -> None:

@@ -71,11 +71,11 @@ def test_the_lower_role_never_writes_nodes_and_the_guard_covers_every_written_re
 
 
 def test_the_guard_policy_allows_only_tensile_objects_for_tensile_credentials() -> None:
-    policy, binding = rbac.lower_guard_policy("ops")
-    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    policy, binding = rbac.lower_guard_policy("acme-lower")
+    assert policy["metadata"]["name"] == binding["spec"]["policyName"] == "acme-lower-guard"
     assert binding["spec"]["validationActions"] == ["Deny"]
     condition = policy["spec"]["matchConditions"][0]["expression"]
-    assert "system:serviceaccount:ops:tensile-lower" in condition
+    assert condition == "request.userInfo.username.matches('^system:serviceaccount:[^:]+:acme-lower')"
     expression = policy["spec"]["validations"][0]["expression"]
     assert "oldObject" in expression and "'CREATE'" in expression and c.MANAGED_BY_LABEL in expression
 

@@ -125,6 +125,8 @@ def test_every_component_passes_server_side_validation(make_cluster: Callable[..
         "serviceaccount/tensile-lower created (server dry run)",
         "clusterrole.rbac.authorization.k8s.io/tensile-lower created (server dry run)",
         "clusterrolebinding.rbac.authorization.k8s.io/tensile-lower created (server dry run)",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/tensile-lower-guard created (server dry run)",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/tensile-lower-guard created (server dry run)",
     ]
     low.kubectl("apply", "-f", str(ROOT / "deploy" / "manifests" / "lower-cluster.yaml"))
     as_lower = f"--as=system:serviceaccount:{NS}:tensile-lower"
