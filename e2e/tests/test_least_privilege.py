@@ -53,12 +53,12 @@ VALUES = {"virtualNodes": [{"name": "vk-a"}, {"name": "vk-b"}], "webhook": {"ena
           "certManager": {"enabled": False}}, "scheduler": {"enabled": True}, "descheduler": {"enabled": True}}
 
 
-def chart_rbac(tmp: Path, values: dict[str, Any]) -> str:
+def chart_rbac(tmp: Path, values: dict[str, Any], kinds: tuple[str, ...] = RBAC_KINDS) -> str:
     """The chart's ServiceAccounts, roles and bindings for ``values``, as ``helm template`` renders them."""
     file = tmp / "values.yaml"
     file.write_text(yaml.safe_dump(values))
     docs = yaml.safe_load_all(render.helm_template(render.helm_binary(), [file]))
-    return yaml.safe_dump_all([d for d in docs if d and d["kind"] in RBAC_KINDS])
+    return yaml.safe_dump_all([d for d in docs if d and d["kind"] in kinds])
 
 
 class Federation:
@@ -85,7 +85,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         kubectl(upper, "apply", "-f", str(render.MANIFESTS / "crds.yaml"))  # an admin installs the CRD
         # Lower A: the chart's lower-cluster rendering; its ServiceAccount's token in a kubeconfig.
         create_namespace(a, NS)
-        kubectl(a, "apply", "-f", "-", stdin=chart_rbac(tmp, {"lowerCluster": {"enabled": True}}))
+        kubectl(a, "apply", "-f", "-", stdin=chart_rbac(tmp, {"lowerCluster": {"enabled": True}}, (
+            *RBAC_KINDS, "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")))
         lower_a = service_account_kubeconfig(a, NS, "tensile-lower", tmp / "lower-a.kubeconfig")
         # Lower B: what `tensile join` makes, read back from the Secret it stores upstairs.
         joined = tensile("join", "--upper-kubeconfig", upper.kubeconfig, "--lower-kubeconfig", b.kubeconfig,
