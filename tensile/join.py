@@ -162,11 +162,17 @@ class Applier:
 
 
 @dataclasses.dataclass(frozen=True)
-class JoinOptions:
+class Target:
+    """The two clusters and the virtual node that join and unjoin act on."""
+
     upper_kubeconfig: Path | None
     lower_kubeconfig: Path | None
     name: str
     namespace: str = "tensile-system"
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinOptions(Target):
     install: bool = False
     lower_server: str | None = None
     token_seconds: int = 365 * 24 * 3600
@@ -256,11 +262,7 @@ async def join(options: JoinOptions) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class UnjoinOptions:
-    upper_kubeconfig: Path | None
-    lower_kubeconfig: Path | None
-    name: str
-    namespace: str = "tensile-system"
+class UnjoinOptions(Target):
     purge: bool = False
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 from kubernetes import utils
 
@@ -23,6 +21,7 @@ from e2e.kube_helpers import (
     create_namespace,
     kubectl,
     pod_manifest,
+    token_kubeconfig,
     unique,
     wait_event,
     wait_pod_running,
@@ -50,17 +49,6 @@ def token_rejected(upper: LocalCluster, token: str) -> bool:
     except urllib.error.HTTPError as exc:
         return exc.code == 401
     return False
-
-
-def write_token_kubeconfig(upper: LocalCluster, path: Path, token: str) -> None:
-    cluster = {"server": upper.server, "certificate-authority": str(upper.ca_file)}
-    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "sa",
-           "clusters": [{"name": "u", "cluster": cluster}],
-           "users": [{"name": "sa", "user": {"token": token}}],
-           "contexts": [{"name": "sa", "context": {"cluster": "u", "user": "sa"}}]}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(cfg))
-    os.replace(tmp, path)  # atomically, as a secret-syncing sidecar would
 
 
 def test_service_account_credentials_and_least_privilege_rbac_suffice(
@@ -99,7 +87,7 @@ def test_rotated_kubeconfig_token_is_reloaded_after_401(
     upper = make_cluster("upper", list(UPPER_NODES), apiserver_args=tokens.apiserver_args)
     lower = make_cluster("lower", list(LOWER_NODES))
     kubeconfig = upper.dir / "rotating.kubeconfig"
-    write_token_kubeconfig(upper, kubeconfig, old_token)
+    token_kubeconfig(upper, kubeconfig, old_token)
     vn = make_virtual_node(upper, lower, "vk-rotate", upper_kubeconfig=kubeconfig)
     ns = unique("rot")
     create_namespace(upper, ns)
@@ -108,7 +96,7 @@ def test_rotated_kubeconfig_token_is_reloaded_after_401(
     # Rotate: new token file, apiserver restarted, new token delivered in the same kubeconfig.
     new_token = tokens.rotate()
     upper.stop_apiserver()
-    write_token_kubeconfig(upper, kubeconfig, new_token)
+    token_kubeconfig(upper, kubeconfig, new_token)
     upper.start_apiserver()
     assert token_rejected(upper, old_token)
     upper.core.create_namespaced_pod(ns, pod_manifest("after"))
