@@ -127,7 +127,13 @@ class Supervised:
         print(f"\n----- {self.label} -----\n{self.log_tail()}", file=sys.stderr)
 
     def __enter__(self) -> Self:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # A start that fails half-way (not ready in time, Ctrl-C) still leaves no process behind.
+            self.on_failure()
+            self.stop()
+            raise
         return self
 
     def __exit__(

@@ -83,8 +83,8 @@ def test_join_links_a_fresh_lower_cluster_and_unjoin_leaves_nothing_behind(
                             extra_args=["--namespace-mapping=suffixed", "--upper-cluster-name=up",
                                         # where a pod of the Deployment elects its leader: its own namespace
                                         f"--leader-elect-resource-namespace={NS}"])
-    vn.start()
     try:
+        vn.start()  # inside: a start that times out still stops the process
         ns = unique("joined")
         create_namespace(upper, ns)
         upper.core.create_namespaced_config_map(ns, {"metadata": {"name": "cfg"}, "data": {"k": "v"}})

@@ -112,8 +112,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         parts["descheduler"] = DeschedulerProcess(upper, "descheduler-lp", kubeconfig=config["descheduler"],
                                                   extra_args=[f"--leader-elect-resource-namespace={NS}"])
         for part in parts.values():
+            started.append(part)  # first: a start that fails half-way is stopped too
             part.start()
-            started.append(part)
         yield Federation(upper, a, b, parts, accounts)
     finally:
         for part in reversed(started):
