@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -17,7 +18,7 @@ from tensile.controllers.runner import VirtualNode
 from tensile.kube.client import Kube
 from tensile.kube.errors import ApiError
 from tensile.kube.leader import LeaderElectionConfig
-from tensile.kube.metrics import ApiMetrics, convention_problems
+from tensile.kube.metrics import ApiMetrics, convention_problems, new_registry
 from tests.fakes import FakeKube, http_server, pod, seed
 
 
@@ -61,6 +62,25 @@ def test_leader_gauge_is_one_without_election() -> None:
     families = _families(_virtual_node(leader=False).registry)
     assert [s.value for s in families["tensile_leader_is_leader"].samples] == [1]
 
+
+
+async def test_asyncio_tasks_are_counted_at_scrape_time_and_follow_the_conventions() -> None:
+    registry = new_registry()
+    gate = asyncio.Event()
+    extra = [asyncio.create_task(gate.wait()) for _ in range(3)]
+    try:
+        assert convention_problems(registry) == []
+        during = _families(registry)["tensile_asyncio_tasks"].samples[0].value
+        assert during >= 4  # this test's own task and the three waiting ones
+    finally:
+        gate.set()
+        await asyncio.gather(*extra)
+    after = _families(registry)["tensile_asyncio_tasks"].samples[0].value
+    assert after == during - 3
+
+
+def test_asyncio_tasks_are_absent_outside_an_event_loop() -> None:
+    assert "tensile_asyncio_tasks" not in _families(new_registry())
 
 class _Bad(Collector):
     def collect(self) -> Iterator[Metric]:

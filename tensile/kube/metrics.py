@@ -20,6 +20,7 @@ queues).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -54,7 +55,28 @@ def new_registry() -> CollectorRegistry:
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
+    registry.register(TaskCollector())
     return registry
+
+
+class TaskCollector(Collector):
+    """Asyncio tasks alive in the process's event loop, counted when Prometheus scrapes.
+
+    ``/metrics`` is answered on the event loop, so the running loop is the process's one. A
+    number that keeps growing under steady work is a leak (a task per object never ended).
+    Collected outside a running loop (a unit test calling ``generate_latest``), the family is absent.
+    """
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            tasks = asyncio.all_tasks()
+        except RuntimeError:  # no running event loop
+            return
+        yield GaugeMetricFamily("tensile_asyncio_tasks", "Asyncio tasks not yet done in the process's event "
+                                "loop, counted at scrape time.", value=len(tasks))
 
 
 class ApiMetrics:
