@@ -34,7 +34,7 @@ test-e2e: binaries
 ## Unit tests, lint, then end-to-end tests on real local control planes, then the example project
 ## (examples/paired), run from its own directory through the installed pytest plugin.
 test: binaries lint
-	$(PY) -m pytest -q tests e2e/tests
+	$(PY) -m pytest -q --durations=25 tests e2e/tests
 	$(MAKE) test-example
 
 test-example: $(STAMP)
