@@ -219,6 +219,15 @@ def failed_status(upper: JSON, reason: str, message: str) -> JSON:
     return status
 
 
+def _without_nulls(value: Any) -> Any:
+    """``value`` without null fields, at any depth (a merge patch's null only deletes)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def status_patch(current: JSON, desired: JSON, resource_version: str | None = None) -> JSON | None:
     """A merge patch for ``/status`` turning ``current`` into ``desired``; None if equal.
 
@@ -226,10 +235,14 @@ def status_patch(current: JSON, desired: JSON, resource_version: str | None = No
     a merge patch replaces whole, so a readiness-gate controller writing between our read and our
     write would otherwise lose its condition.
     """
-    if current == desired:
+    # Compared as the apiserver stores them: it answers zero times as null ("lastProbeTime": null on
+    # every condition), which conditions built here do not carry. Compared as they were, every
+    # reconcile sent one more PATCH for a status already written.
+    now, want = _without_nulls(current), _without_nulls(desired)
+    if now == want:
         return None
-    patch: JSON = {k: v for k, v in desired.items() if current.get(k) != v}
-    patch.update({k: None for k in current if k not in desired})
+    patch: JSON = {k: v for k, v in desired.items() if now.get(k) != want.get(k)}
+    patch.update({k: None for k in now if k not in want})
     if not patch:
         return None
     out: JSON = {"status": patch}

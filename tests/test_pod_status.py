@@ -144,3 +144,26 @@ def test_status_patch_is_none_when_equal_nulls_removed_fields_and_pins_a_revisio
         "status": {"phase": "Running", "message": None}}
     assert ps.status_patch({}, {"phase": "Running"}, "42") == {
         "status": {"phase": "Running"}, "metadata": {"resourceVersion": "42"}}
+
+
+def test_a_status_already_written_is_not_written_again() -> None:
+    # The apiserver answers every pod condition with "lastProbeTime": null (a zero metav1.Time), which
+    # the conditions tensile builds itself (Ready with readiness gates, tensile.io/LowerPodIP) do not
+    # carry. Compared as they were, every reconcile of every pod sent one more status PATCH upstairs:
+    # on each label change, each resync, and under a burst of updates one per round (409s and 429s).
+    def as_stored(status: dict[str, Any]) -> dict[str, Any]:
+        return {**status, "conditions": [{"lastProbeTime": None, **cd} for cd in status.get("conditions") or []]}
+
+    low = running_lower()
+    low["status"] = as_stored(low["status"])
+    for spec in ({}, {"readinessGates": [{"conditionType": "example.com/gate"}]}):
+        up = upper(**spec)
+        up["status"]["conditions"].append({"type": "example.com/gate", "status": "True", "lastTransitionTime": "g"})
+        first = ps.upper_status(low, up, IP, flat_network=False, now=NOW)
+        assert ps.status_patch(up["status"], first) is not None
+        up["status"] = as_stored(first)
+        again = ps.upper_status(low, up, IP, flat_network=False, now="2026-01-01T00:01:00Z")
+        assert ps.status_patch(up["status"], again, "8") is None, spec
+        # A real change is still written, nulls and all.
+        changed = ps.upper_status(running_lower(phase="Succeeded"), up, IP, flat_network=False, now=NOW)
+        assert ps.status_patch(up["status"], changed) is not None
