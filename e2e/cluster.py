@@ -429,6 +429,21 @@ class LocalCluster(Supervised, KubeconfigClients):
     def start_apiserver(self) -> None:
         self._start_apiserver(self._pki(), keep_port=True)
 
+    def stop_etcd(self) -> None:
+        """Stop etcd; its data directory and ports stay for ``start_etcd``."""
+        self.processes["etcd"].stop()
+
+    def start_etcd(self) -> None:
+        """Start etcd again on the same ports and data directory (what it stored survives)."""
+        proc = self.processes["etcd"]
+        proc.start()
+
+        def ready() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.etcd_port}/health", timeout=2) as r:
+                return bool(json.loads(r.read()).get("health") == "true")
+
+        proc.wait_ready(ready, START_TIMEOUT)
+
     def _pki(self) -> pki.ClusterPKI:
         return pki.paths(self.dir / "pki")
 
