@@ -83,6 +83,14 @@ class VirtualNodeProcess(Supervised):
         self.proc.start()
         self.proc.wait_ready(self.leading if leading else self._ready, timeout)
 
+    def healthz(self) -> int:
+        """The status code of ``/healthz`` (a dead or wedged loop answers 500)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
     def readyz(self) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2) as r:

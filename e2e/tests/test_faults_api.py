@@ -42,14 +42,6 @@ pytestmark = pytest.mark.e2e
 VK = "vk-lower"
 
 
-def healthz(vn: VirtualNodeProcess) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{vn.metrics_port}/healthz", timeout=5) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
 def upper_informers(samples: Samples, kind: str) -> dict[str, float]:
     """``tensile_informer_<kind>_total`` of every upper informer, by informer."""
     return {labels["informer"]: value for name, labels, value in samples.series
@@ -174,7 +166,7 @@ def test_an_expired_watch_relists_and_applies_what_changed_and_what_was_deleted_
         # The rest held: the reader's copy was never replaced, the deleted pod is gone upstairs for good.
         assert {str(p.metadata.name) for p in owned_lower_pods(lower, ns)} == {"newcomer", "reader"}
         assert doomed_copy.metadata.uid not in {p.metadata.uid for p in owned_lower_pods(lower, ns)}
-        assert healthz(vn) == 200
+        assert vn.healthz() == 200
     finally:
         proxy.close()
 
@@ -229,7 +221,7 @@ def test_upper_apiserver_and_etcd_restart_loses_and_duplicates_nothing(
     lower.core.delete_namespaced_pod("bare", ns, grace_period_seconds=0)
     finish(lower, ns, "finisher")
     time.sleep(max(0.0, 15 - (time.monotonic() - down)))
-    health_during = healthz(vn)
+    health_during = vn.healthz()
     assert vn.proc is not None and vn.proc.alive()
     upper.start_etcd()
     upper.start_apiserver()
@@ -280,5 +272,5 @@ def test_upper_apiserver_and_etcd_restart_loses_and_duplicates_nothing(
     print(f"outage {outage:.1f}s (healthz during it: {health_during}); queued work done {caught_up:.1f}s after "
           f"the apiserver was back; upper watches started {watches}; relists {lists}")
     assert all(v >= 1 for v in watches.values()), watches  # every upper watch resumed
-    assert vn.proc.alive() and healthz(vn) == 200
+    assert vn.proc.alive() and vn.healthz() == 200
     assert "Traceback" not in vn.log_tail(100000)

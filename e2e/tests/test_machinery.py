@@ -41,14 +41,6 @@ printf '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",
 """
 
 
-def healthz(vn: VirtualNodeProcess) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{vn.metrics_port}/healthz", timeout=5) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
 def lease_renewed(upper: LocalCluster, node: str) -> datetime.datetime:
     lease = k8s.CoordinationV1Api(upper.api()).read_namespaced_lease(node, c.NODE_LEASE_NAMESPACE)
     renewed = lease.spec.renew_time
@@ -92,7 +84,7 @@ def test_a_credential_plugin_that_fails_once_is_survived(
     wait_pod_running(upper, ns, "after", timeout=60)
     # The Lease keeps renewing, and the process says it is healthy.
     wait_for(lambda: lease_renewed(upper, vk) > since, 60, what="Lease renewed after the plugin failed")
-    assert healthz(vn) == 200
+    assert vn.healthz() == 200
     assert vn.metrics().total("tensile_api_reauthentications_total", cluster="upper") >= 1
 
 
@@ -176,7 +168,7 @@ def test_broken_connections_resume_watches_without_relisting(
         wait_for(lambda: all(v > watches_before[k] for k, v in upper_counters("watches").items()), 60,
                  what="every upper watch resumed")
         assert upper_counters("lists") == lists_before  # resumed from the last resourceVersion: no LIST
-        assert healthz(vn) == 200
+        assert vn.healthz() == 200
     finally:
         proxy.close()
 
@@ -270,7 +262,7 @@ def test_the_virtual_node_runs_with_a_kubelets_credentials(
     node = core.read_node(vk)
     assert node.metadata.labels[c.VIRTUAL_NODE_TYPE_LABEL] == c.VIRTUAL_NODE_TYPE_VALUE
     assert c.ROLE_LABEL not in node.metadata.labels  # NodeRestriction refuses it to a node
-    assert healthz(vn) == 200
+    assert vn.healthz() == 200
     refused = [line for line in vn.log_tail(100000).splitlines()
                if "forbidden" in line.lower() and "no relationship found" not in line]
     assert refused == [], refused[:3]
