@@ -8,9 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -63,31 +60,6 @@ def via(cluster: LocalCluster, port: int, path: Path) -> Path:
 class HoldableProxy(BreakableProxy):
     """A ``BreakableProxy`` that can also be held down: connections are cut and new ones closed at
     once (as behind a load balancer with no backend), until ``release``."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.down = False
-        super().__init__(upstream_port)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.down:
-                with contextlib.suppress(OSError):
-                    client.shutdown(socket.SHUT_RDWR)
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     def hold(self) -> int:
         self.down = True

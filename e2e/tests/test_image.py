@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -11,29 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from e2e.docker_backend import docker_unavailable
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def docker_problem() -> str | None:
-    """Why no Docker engine can be used here, or None."""
-    if shutil.which("docker") is None:
-        return "no docker CLI on PATH"
-    try:
-        proc = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                              timeout=20)
-    except subprocess.TimeoutExpired:
-        return "`docker info` did not answer within 20 s"
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines()
-        return f"no Docker engine answers (`docker info`: {lines[-1] if lines else f'exit {proc.returncode}'})"
-    return None
-
-
 @pytest.fixture(scope="module")
 def image() -> Iterator[str]:
-    problem = docker_problem()
+    problem = docker_unavailable()
     if problem:
         pytest.skip(f"the image test needs a Docker engine: {problem}")
     tag = f"tensile-test:{uuid.uuid4().hex[:12]}"
