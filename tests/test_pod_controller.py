@@ -12,7 +12,7 @@ from tensile.controllers.copies import LowerCopies
 from tensile.controllers.dependencies import DependencyController
 from tensile.controllers.namespaces import NamespaceEnsurer
 from tensile.controllers.pods import PodController
-from tensile.kube.errors import ApiError
+from tensile.kube.errors import NOT_LEADER, ApiError
 from tests.fakes import FakeKube, pod, seed
 
 JSON = dict[str, Any]
@@ -134,6 +134,22 @@ async def test_status_flows_up_while_the_lower_cluster_refuses_spec_updates(worl
     assert delay is not None and delay > 0  # looked at again slowly, not in a hot loop
     assert world.status_patches()[0]["status"]["phase"] == "Running"
     assert await world.events() == ["ProviderUpdateFailed"]
+
+
+@pytest.mark.parametrize("write", ["create", "update"])
+async def test_a_write_held_back_by_the_leader_fence_emits_no_warning_event(world: World, write: str) -> None:
+    up = world.upper_pod()
+    not_leader = ApiError(503, NOT_LEADER, "not sent: this replica does not hold the leader-election lease")
+    if write == "create":
+        world.lower.answer("POST", "/api/v1/namespaces/ns/pods", not_leader)
+    else:
+        world.lower_copy(up)
+        up["metadata"]["labels"] = {"v": "2"}
+        world.lower.answer("PATCH", "/api/v1/namespaces/ns/pods/p", not_leader)
+    with pytest.raises(ApiError) as err:
+        await world.pods.reconcile("ns/p")
+    assert err.value.not_leader  # the work queue takes it quietly and looks again once leading
+    assert "Provider" not in " ".join(await world.events())  # no ProviderCreateFailed/ProviderUpdateFailed
 
 
 async def test_a_copy_that_finished_and_vanished_hands_up_its_end(world: World) -> None:

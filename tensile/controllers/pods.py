@@ -160,6 +160,18 @@ class PodController:
         self.ctx.recorder.event(upper, WARNING, reason, message)
         log.warning("%s: %s", reason, message, extra=fields(key_of(upper), cluster=self.cluster))
 
+    def _not_leading(self, key: str, what: str, exc: ApiError) -> bool:
+        """True when ``exc`` is the leader fence holding a write back, not a lower cluster refusing it.
+
+        Then this replica does not lead (or stopped leading mid-item): the write is not its job, so
+        it says nothing upstairs (a follower cannot write Events anyway, and a Warning would blame
+        the lower cluster for nothing); the work queue looks at the key again once it leads.
+        """
+        if not exc.not_leader:
+            return False
+        log.debug("%s was not sent: this replica does not lead", what, extra=fields(key, cluster=self.cluster))
+        return True
+
     def _resolved(self, upper: JSON, *topics: str) -> None:
         uid = str(meta_of(upper).get("uid", ""))
         reported = self._reported.get(uid)
@@ -399,6 +411,8 @@ class PodController:
             return 1.0
         if exc.not_found or is_terminating_error(exc):
             return 2.0  # the lower namespace was deleted meanwhile; it is made again once gone
+        if self._not_leading(key, "the copy", exc):
+            raise exc
         message = f"lower cluster {self.cluster} refused the pod: {_api_message(exc)}"
         if exc.status in (400, 422):
             # Invalid there: the same request can never succeed. Held until the pod changes.
@@ -463,6 +477,8 @@ class PodController:
             with self.m.pod_write("spec"):
                 await self.ctx.lower.patch(self._lower_path(key), patch, content_type=STRATEGIC_PATCH)
         except ApiError as exc:
+            if self._not_leading(key, "the update", exc):
+                raise
             self._warn_once(upper, "update", "ProviderUpdateFailed",
                             f"lower cluster {self.cluster} refused the update: {_api_message(exc)}")
             raise
@@ -483,6 +499,8 @@ class PodController:
                 await self.ctx.lower.patch(self._lower_path(key, "ephemeralcontainers"), patch,
                                            content_type=STRATEGIC_PATCH)
         except ApiError as exc:
+            if self._not_leading(key, "the ephemeral containers", exc):
+                raise
             self._warn_once(upper, "ephemeral", "ProviderUpdateFailed",
                             f"lower cluster {self.cluster} refused the ephemeral containers: {_api_message(exc)}")
             raise
