@@ -163,7 +163,9 @@ class Descheduler:
         if not targets:
             return self._stay(found, clock, f"no other virtual node can take this pod; staying on {node} "
                                             f"({found.reason}: {found.message})")
-        if found.key in self.moved:
+        if found.key in self.moved or (owner is None and avoid):
+            # A bare pod's active avoidance means the descheduler recreated it within the cooldown: the
+            # annotation remembers it across restarts, the map only within this process.
             return self._stay(found, clock, f"moved once within the cooldown already; staying on {node} "
                                             f"({found.reason}: {found.message})")
         budget_object = policy.blocking_budget(pod, self.budgets.items())

@@ -8,7 +8,7 @@ from typing import Any
 
 from descheduler.controller import AVOID_ANNOTATION, BACKUP_PREFIX, Descheduler
 from descheduler.policy import Options
-from tensile import avoidance
+from tensile import avoidance, timestamps
 from tensile.kube.errors import ApiError
 from tests.fakes import FakeKube, not_found, seed
 from tests.test_descheduler_policy import NOW, pod, unschedulable, vnode
@@ -185,3 +185,15 @@ async def test_a_record_made_since_the_cache_heard_is_merged_not_overwritten() -
     assert [o.action for o in await d.run_once(NOW)] == ["evicted"]
     (_, patch), = kube.of("PATCH")
     assert sorted(json.loads(patch["data"]["avoid"])) == ["vk-a", "vk-c"]
+
+
+async def test_a_recreated_bare_pod_is_not_moved_again_within_the_cooldown_after_a_restart() -> None:
+    kube = FakeKube()
+    moved = _stuck("lonely", owner=None, node="vk-b", annotations={
+        AVOID_ANNOTATION: json.dumps({"vk-a": timestamps.rfc3339(NOW + datetime.timedelta(minutes=5))})})
+    d = _desched(kube, moved, nodes=("vk-a", "vk-b", "vk-c"))  # vk-c could take it
+    assert [o.action for o in await d.run_once(NOW)] == ["stayed"]
+    assert kube.of("POST") == [] and kube.of("DELETE") == []
+    expired = _desched(FakeKube(), moved, nodes=("vk-a", "vk-b", "vk-c"))
+    later = NOW + datetime.timedelta(minutes=6)
+    assert [o.action for o in await expired.run_once(later)] == ["recreated"]
