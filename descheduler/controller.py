@@ -154,9 +154,11 @@ class Descheduler:
         if owner is None:
             record = bare_record(pod)
         avoid = avoidance.active(record, now)
-        if owner is not None and node in avoid:
-            # A pod of this owner was moved away from this node within the cooldown and another came
-            # back: moving this one too would only bounce (the webhook applies records to new pods).
+        uid = str(pod["metadata"].get("uid", ""))
+        if owner is not None and node in avoid and uid not in avoidance.present(record, node):
+            # A pod of this owner was moved away from this node within the cooldown and this one came
+            # back: moving it too would only bounce (the webhook applies records to new pods). The pods
+            # that were there before (siblings, or one whose eviction a restart cut short) still move.
             return self._stay(found, clock, f"a pod of {owner.get('kind')} {owner.get('name')} was already moved "
                                             f"away from {node} within the cooldown; staying on {node}")
         targets = policy.other_targets(pod, nodes, avoid)
@@ -208,7 +210,13 @@ class Descheduler:
         pod = found.pod
         meta = pod["metadata"]
         ns, name = meta.get("namespace", ""), meta["name"]
-        body = avoidance.manifest(ns, owner, avoidance.with_node(record, found.node, until, now))
+        here = self._owned_on(owner, ns, found.node) | {str(meta.get("uid", ""))}
+
+        def record_for(current: JSON | None) -> JSON:
+            return avoidance.manifest(ns, owner, avoidance.with_node(current, found.node, until, now),
+                                      avoidance.with_present(current, found.node, here, now))
+
+        body = record_for(record)
         record_path = path("configmaps", ns, body["metadata"]["name"])
         try:
             if record is None:
@@ -219,8 +227,7 @@ class Descheduler:
                         raise
                     # Made since the cache last heard (another pod of the owner this pass): merge into it.
                     current = await self.kube.get(record_path)
-                    entries = avoidance.with_node(current, found.node, until, now)
-                    await self.kube.patch(record_path, {"data": avoidance.manifest(ns, owner, entries)["data"]})
+                    await self.kube.patch(record_path, {"data": record_for(current)["data"]})
             else:
                 await self.kube.patch(record_path, {"data": body["data"]})
             await self.kube.create(path("pods", ns, name, "eviction"), {
@@ -239,6 +246,13 @@ class Descheduler:
         self._event(_owner_object(pod, owner), "Normal", "Rescheduled", f"pod {name}: {why}")
         log.info("evicted %s from %s: %s", found.key, found.node, why)
         return Outcome(found.key, found.node, "evicted", found.reason)
+
+    def _owned_on(self, owner: JSON, ns: str, node: str) -> set[str]:
+        """UIDs of the Pending pods of ``owner`` bound to ``node``, as the cache has them."""
+        uid = owner.get("uid")
+        return {str(p["metadata"].get("uid", "")) for p in self.pods.items()
+                if p["metadata"].get("namespace") == ns and (p.get("spec") or {}).get("nodeName") == node
+                and (policy.controller_of(p) or {}).get("uid") == uid}
 
     async def _gone(self, ns: str, name: str, uid: str) -> bool:
         deadline = time.monotonic() + GONE_TIMEOUT

@@ -8,6 +8,12 @@ by the owner, so it goes when the owner goes. Its ``avoid`` key maps a virtual n
 RFC 3339 time its avoidance expires. The webhook (and a bare pod's recreation) turn it
 into a required ``kubernetes.io/hostname NotIn [...]`` node-affinity requirement, added to
 every term of the pod's own required node affinity, so nothing the pod asked for is lost.
+
+Its ``present`` key maps each avoided node to the UIDs of the owner's pods that were already
+bound there when the avoidance began. Those pods did not "come back" to the node: they are the
+pod being moved and its siblings, and the descheduler may still move them (after a restart that
+interrupted a move between the record and the eviction, too). A pod of the owner not listed is a
+replacement that landed on the node again, and is left alone for the cooldown.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ RECORD_LABEL = c.PREFIX + "avoidance"
 RECORD_PREFIX = "tensile-avoid-"
 AVOID_KEY = "avoid"
 OWNER_KEY = "owner"
+PRESENT_KEY = "present"
 REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
 
 
@@ -63,9 +70,36 @@ def with_node(record: JSON | None, node: str, until: datetime.datetime, now: dat
     return {n: timestamps.rfc3339(e) for n, e in sorted(entries.items())}
 
 
-def manifest(namespace: str, owner: Mapping[str, Any], entries: Mapping[str, str]) -> JSON:
+def present(record: JSON | None, node: str) -> frozenset[str]:
+    """UIDs of the owner's pods already on ``node`` when its avoidance began (none when unknown)."""
+    raw = ((record or {}).get("data") or {}).get(PRESENT_KEY)
+    try:
+        entries = json.loads(raw) if isinstance(raw, str) else {}
+    except ValueError:
+        return frozenset()
+    uids = entries.get(node) if isinstance(entries, dict) else None
+    return frozenset(u for u in uids if isinstance(u, str) and u) if isinstance(uids, list) else frozenset()
+
+
+def with_present(record: JSON | None, node: str, uids: Iterable[str], now: datetime.datetime) -> dict[str, list[str]]:
+    """The ``present`` entries after ``uids`` were seen on ``node``: added to the node's list while its
+    avoidance is active, a fresh list when it starts again; nodes no longer avoided are dropped."""
+    avoided = set(active(record, now))
+    entries = {n: sorted(present(record, n)) for n in avoided}
+    entries = {n: u for n, u in entries.items() if u}
+    known = set(entries.get(node, [])) if node in avoided else set()
+    entries[node] = sorted(known | {u for u in uids if u})
+    return dict(sorted(entries.items()))
+
+
+def manifest(namespace: str, owner: Mapping[str, Any], entries: Mapping[str, str],
+             present_uids: Mapping[str, list[str]] | None = None) -> JSON:
     """The record ConfigMap for the controller ``owner`` (an ownerReference of the pod)."""
     uid = str(owner.get("uid", ""))
+    data = {AVOID_KEY: json.dumps(dict(entries), sort_keys=True),
+            OWNER_KEY: f"{owner.get('kind', '')}/{owner.get('name', '')}"}
+    if present_uids is not None:
+        data[PRESENT_KEY] = json.dumps(dict(present_uids), sort_keys=True)
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {
@@ -73,8 +107,7 @@ def manifest(namespace: str, owner: Mapping[str, Any], entries: Mapping[str, str
             "labels": {RECORD_LABEL: "true", c.MANAGED_BY_LABEL: c.MANAGED_BY_VALUE},
             "ownerReferences": [{k: owner[k] for k in ("apiVersion", "kind", "name", "uid") if k in owner}],
         },
-        "data": {AVOID_KEY: json.dumps(dict(entries), sort_keys=True),
-                 OWNER_KEY: f"{owner.get('kind', '')}/{owner.get('name', '')}"},
+        "data": data,
     }
 
 

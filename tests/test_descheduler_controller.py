@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 from typing import Any
+
+import pytest
 
 from descheduler.controller import AVOID_ANNOTATION, BACKUP_PREFIX, Descheduler
 from descheduler.policy import Options
@@ -185,6 +188,53 @@ async def test_a_record_made_since_the_cache_heard_is_merged_not_overwritten() -
     assert [o.action for o in await d.run_once(NOW)] == ["evicted"]
     (_, patch), = kube.of("PATCH")
     assert sorted(json.loads(patch["data"]["avoid"])) == ["vk-a", "vk-c"]
+
+
+# --- what a restart must neither repeat nor leave half done ---------------------------------------------------
+
+OWNER = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-1"}
+
+
+def _record(node: str, present: set[str]) -> dict[str, Any]:
+    return avoidance.manifest("ns", OWNER, avoidance.with_node(None, node, NOW + datetime.timedelta(minutes=5), NOW),
+                              avoidance.with_present(None, node, present, NOW))
+
+
+async def test_the_record_lists_the_owners_pods_already_on_the_node() -> None:
+    kube = FakeKube()
+    elsewhere = _stuck("web-3", node="vk-b")
+    d = _desched(kube, _stuck("web-1"), _stuck("web-2"), elsewhere, nodes=("vk-a", "vk-b", "vk-c"),
+                 options=Options(max_total=1, cooldown=600))
+    await d.run_once(NOW)
+    record = kube.of("POST")[0][1]
+    assert avoidance.present(record, "vk-a") == {"uid-web-1", "uid-web-2"}  # not web-3, on another node
+    assert avoidance.present(record, "vk-b") == frozenset()
+
+
+async def test_a_sibling_that_was_on_the_node_before_the_record_still_moves_but_a_replacement_does_not() -> None:
+    kube = FakeKube()
+    d = _desched(kube, _stuck("web-2"), _stuck("web-3"))
+    seed(d.records, _record("vk-a", {"uid-web-1", "uid-web-2"}))  # web-1 already evicted; web-3 came after
+    outcomes = {o.pod: o.action for o in await d.run_once(NOW)}
+    assert outcomes == {"ns/web-2": "evicted", "ns/web-3": "stayed"}
+    assert [p for p, _ in kube.of("POST")] == ["/api/v1/namespaces/ns/pods/web-2/eviction"]
+    (_, patch), = kube.of("PATCH")  # the record keeps what it knew
+    assert {"uid-web-1", "uid-web-2"} <= avoidance.present(patch, "vk-a")
+
+
+async def test_a_restart_between_the_record_and_the_eviction_finishes_the_eviction_once() -> None:
+    kube = FakeKube()
+    first = _desched(kube, _stuck("web-1"))
+    kube.answer("POST", "/api/v1/namespaces/ns/pods/web-1/eviction", asyncio.CancelledError())  # killed here
+    with pytest.raises(asyncio.CancelledError):
+        await first.run_once(NOW)
+    record = kube.of("POST")[0][1]
+    kube = FakeKube()
+    restarted = _desched(kube, _stuck("web-1"))  # a new process: nothing in memory
+    seed(restarted.records, record)
+    assert [o.action for o in await restarted.run_once(NOW)] == ["evicted"]
+    assert [o.action for o in await restarted.run_once(NOW)] == ["stayed"]  # the pod lingers: not evicted twice
+    assert [p for p, _ in kube.of("POST")] == ["/api/v1/namespaces/ns/pods/web-1/eviction"]
 
 
 async def test_a_recreated_bare_pod_is_not_moved_again_within_the_cooldown_after_a_restart() -> None:

@@ -143,6 +143,22 @@ def test_avoidance_records_expire_and_merge() -> None:
     assert avoidance.parse({"data": {"avoid": '{"vk-a": "yesterday", "": "2026-01-01T00:00:00Z"}'}}) == {}
 
 
+def test_the_pods_present_when_an_avoidance_began_accumulate_while_it_lasts_and_start_afresh_after() -> None:
+    owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-1"}
+    until = NOW + datetime.timedelta(minutes=10)
+    record = avoidance.manifest("ns", owner, avoidance.with_node(None, "vk-a", until, NOW),
+                                avoidance.with_present(None, "vk-a", ["u1", "u2", ""], NOW))
+    assert avoidance.present(record, "vk-a") == {"u1", "u2"}
+    assert avoidance.present(record, "vk-b") == frozenset()
+    assert avoidance.with_present(record, "vk-a", ["u3"], NOW) == {"vk-a": ["u1", "u2", "u3"]}
+    assert avoidance.with_present(record, "vk-b", ["u4"], NOW) == {"vk-a": ["u1", "u2"], "vk-b": ["u4"]}
+    after = until + datetime.timedelta(seconds=1)
+    assert avoidance.with_present(record, "vk-a", ["u9"], after) == {"vk-a": ["u9"]}  # a new avoidance
+    for raw in ("not json", '["u1"]', '{"vk-a": "u1"}', '{"vk-a": [1, null]}'):
+        assert avoidance.present({"data": {avoidance.PRESENT_KEY: raw}}, "vk-a") == frozenset()
+    assert avoidance.PRESENT_KEY not in avoidance.manifest("ns", owner, {})["data"]  # older records: absent
+
+
 def test_avoidance_is_added_to_every_term_without_losing_anything() -> None:
     spec = {"affinity": {
         "nodeAffinity": {
