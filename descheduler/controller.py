@@ -14,6 +14,19 @@ its manifest is first saved in a backup ConfigMap, the pod deleted, and a new on
 same name, labels, annotations and spec (plus the avoidance) created; the backup is removed
 only after the create succeeded, and an Event names it when it did not. ``dry_run``
 writes nothing at all and logs what it would do.
+
+What it did is kept in the cluster, not in memory, so a restart (a crash, a new leader) neither
+repeats a move nor leaves one half done:
+
+- an owner's record lists, per avoided node, the pods of the owner that were already there
+  (``avoidance.present``): those are still moved after a restart (the one whose eviction the
+  restart interrupted, and its siblings), while a replacement that came back is not;
+- a recreated bare pod carries its own avoidance annotation: while it is active the pod has
+  moved within the cooldown and is not moved again;
+- a backup is also the move's journal: each pass first finishes the moves that backups left
+  behind (:meth:`Descheduler.recover`). The pod gone and not recreated: it is created from the
+  backup. The pod recreated, or never deleted: the backup is removed. The pod still being
+  deleted: the next pass looks again.
 """
 
 from __future__ import annotations
@@ -44,6 +57,10 @@ RESCHEDULED_FROM = c.PREFIX + "rescheduled-from"
 #: A bare pod's own avoidance (it has no owner to hold a record): node -> expiry, JSON.
 AVOID_ANNOTATION = c.PREFIX + "avoid"
 GONE_TIMEOUT = 120.0
+#: Keys of a backup ConfigMap: the original pod (for people), its UID, and the pod to create (for recovery).
+BACKUP_POD_KEY = "pod"
+BACKUP_UID_KEY = "uid"
+BACKUP_RECREATE_KEY = "recreate"
 
 
 @dataclasses.dataclass
@@ -83,15 +100,37 @@ def recreated(pod: JSON, avoid_until: dict[str, str], from_node: str) -> JSON:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": new_meta, "spec": avoidance.avoiding(spec, avoid_until)}
 
 
-def backup_manifest(pod: JSON) -> JSON:
+def backup_manifest(pod: JSON, recreate: JSON | None = None) -> JSON:
+    """The backup of a bare pod about to be recreated: its manifest for people (``pod``), and for
+    :meth:`Descheduler.recover` its UID and the manifest of the pod to create (``recreate``)."""
     meta = pod.get("metadata") or {}
     original = {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta},
                 "spec": {k: v for k, v in (pod.get("spec") or {}).items() if k != "nodeName"}}
+    data = {BACKUP_POD_KEY: json.dumps(original, indent=2, sort_keys=True), BACKUP_UID_KEY: str(meta.get("uid", ""))}
+    if recreate is not None:
+        data[BACKUP_RECREATE_KEY] = json.dumps(recreate, sort_keys=True)
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": f"{BACKUP_PREFIX}{meta.get('uid', '')}"[:253], "namespace": meta.get("namespace"),
                          "labels": {BACKUP_LABEL: "true", c.MANAGED_BY_LABEL: c.MANAGED_BY_VALUE}},
-            "data": {"pod": json.dumps(original, indent=2, sort_keys=True)}}
+            "data": data}
+
+
+def _backup_pod(backup: JSON) -> tuple[JSON, str, JSON] | None:
+    """(the original pod, its UID, the pod to create) from a backup; None when it does not parse."""
+    data = backup.get("data") or {}
+    try:
+        original = json.loads(data.get(BACKUP_POD_KEY) or "")
+        to_create = json.loads(data[BACKUP_RECREATE_KEY]) if BACKUP_RECREATE_KEY in data else original
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(original, dict) or not isinstance(to_create, dict):
+        return None
+    name = str((backup.get("metadata") or {}).get("name") or "")
+    uid = str(data.get(BACKUP_UID_KEY) or name.removeprefix(BACKUP_PREFIX))
+    if not (original.get("metadata") or {}).get("name") or not uid:
+        return None
+    return original, uid, to_create
 
 
 class Descheduler:
@@ -109,6 +148,7 @@ class Descheduler:
                                 name="avoidance-records")
         self.budgets = Informer(kube, path("poddisruptionbudgets", group_version="policy/v1"),
                                 name="poddisruptionbudgets")
+        self.backups = Informer(kube, path("configmaps"), label_selector=f"{BACKUP_LABEL}=true", name="pod-backups")
         #: pod key (or a bare pod's name) -> when it was last moved; also when it was told to stay.
         self.moved: dict[str, float] = {}
         self.stayed: dict[str, float] = {}
@@ -116,7 +156,7 @@ class Descheduler:
         self.beat = time.monotonic()
 
     def informers(self) -> list[Informer]:
-        return [self.pods, self.nodes, self.records, self.budgets]
+        return [self.pods, self.nodes, self.records, self.budgets, self.backups]
 
     def _event(self, obj: JSON, etype: str, reason: str, message: str) -> None:
         if self.recorder is not None and not self.dry_run:
@@ -133,7 +173,7 @@ class Descheduler:
         self._expire(self.stayed, clock)
         nodes = {n["metadata"]["name"]: n for n in self.nodes.items() if policy.is_virtual_node(n)}
         budget = Budget(self.options)
-        outcomes: list[Outcome] = []
+        outcomes: list[Outcome] = await self.recover(clock)
         for pod in sorted(self.pods.items(), key=lambda p: (p["metadata"].get("namespace"), p["metadata"]["name"])):
             found = policy.candidate(pod, nodes, now, self.options)
             if found is None:
@@ -272,17 +312,24 @@ class Descheduler:
         pod = found.pod
         meta = pod["metadata"]
         ns, name, uid = meta.get("namespace", ""), meta["name"], str(meta.get("uid", ""))
-        backup = backup_manifest(pod)
+        replacement = recreated(pod, avoid_until, found.node)
+        backup = backup_manifest(pod, replacement)
         backup_name = backup["metadata"]["name"]
         recover = (f"kubectl get configmap -n {ns} {backup_name} -o jsonpath='{{.data.pod}}' | "
                    "kubectl create -f -")
         try:
-            await self.kube.create(path("configmaps", ns), backup)
+            try:
+                await self.kube.create(path("configmaps", ns), backup)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                # Left by a move of this very pod that stopped before its delete: this move takes it over.
+                await self.kube.patch(path("configmaps", ns, backup_name), {"data": backup["data"]})
             await self.kube.delete(path("pods", ns, name), {"kind": "DeleteOptions", "apiVersion": "v1",
                                                             "preconditions": {"uid": uid}})
             if not await self._gone(ns, name, uid):
                 raise ApiError(504, "Timeout", f"pod {ns}/{name} was not gone after {GONE_TIMEOUT:.0f}s")
-            await self.kube.create(path("pods", ns), recreated(pod, avoid_until, found.node))
+            await self.kube.create(path("pods", ns), replacement)
         except ApiError as exc:
             self._event(_object(pod), "Warning", "RecreateFailed",
                         f"moving the pod away from {found.node} failed ({exc}); its manifest is kept in ConfigMap "
@@ -296,6 +343,74 @@ class Descheduler:
         self._event(_object(pod), "Normal", "Rescheduled", f"{why}; recreated")
         log.info("recreated %s away from %s: %s", found.key, found.node, why)
         return Outcome(found.key, found.node, "recreated", found.reason)
+
+    async def recover(self, clock: float | None = None) -> list[Outcome]:
+        """Finish the bare-pod moves a restart interrupted, from the backups they left behind."""
+        if self.dry_run:
+            return []
+        outcomes = []
+        for backup in sorted(self.backups.items(), key=lambda b: (b["metadata"].get("namespace"),
+                                                                   b["metadata"]["name"])):
+            outcome = await self._recover(backup, time.monotonic() if clock is None else clock)
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    async def _drop_backup(self, ns: str, name: str, why: str) -> None:
+        try:
+            await self.kube.delete(path("configmaps", ns, name))
+        except ApiError as exc:
+            if not exc.not_found:
+                log.warning("the backup %s/%s stays: %s", ns, name, exc)
+                return
+        log.info("removed the backup %s/%s: %s", ns, name, why)
+
+    async def _recover(self, backup: JSON, clock: float) -> Outcome | None:
+        meta = backup["metadata"]
+        ns, backup_name = str(meta.get("namespace", "")), str(meta["name"])
+        parsed = _backup_pod(backup)
+        if parsed is None:
+            if f"backup:{ns}/{backup_name}" not in self.stayed:
+                self.stayed[f"backup:{ns}/{backup_name}"] = clock
+                log.warning("the backup %s/%s does not hold a pod manifest; left alone", ns, backup_name)
+            return None
+        original, uid, to_create = parsed
+        name = str(original["metadata"]["name"])
+        key = f"{ns}/{name}"
+        try:
+            current: JSON | None = await self.kube.get(path("pods", ns, name))
+        except ApiError as exc:
+            if not exc.not_found:
+                log.warning("cannot check %s for its backup %s: %s", key, backup_name, exc)
+                return None
+            current = None
+        if current is not None:
+            current_meta = current.get("metadata") or {}
+            if current_meta.get("uid") != uid:
+                await self._drop_backup(ns, backup_name, f"{key} was recreated already")
+            elif not current_meta.get("deletionTimestamp"):
+                await self._drop_backup(ns, backup_name, f"the move of {key} stopped before its delete")
+            return None  # still being deleted: the next pass finishes the move
+        from_node = str(((to_create.get("metadata") or {}).get("annotations") or {}).get(RESCHEDULED_FROM, ""))
+        try:
+            created = await self.kube.create(path("pods", ns), to_create)
+        except ApiError as exc:
+            if exc.status == 409:
+                return None  # someone made it meanwhile: the next pass sees a new UID and drops the backup
+            if f"backup:{ns}/{backup_name}" not in self.stayed:
+                self.stayed[f"backup:{ns}/{backup_name}"] = clock
+                self._event(_object({**original, "metadata": {**original["metadata"], "uid": uid}}), "Warning",
+                            "RecreateFailed", f"recreating the pod from its backup {backup_name} failed ({exc}); "
+                            "the backup is kept and retried every pass")
+                log.warning("recreating %s from its backup %s failed: %s", key, backup_name, exc)
+            return Outcome(key, from_node, "failed", "Recovered", str(exc))
+        self.moved[key] = clock
+        await self._drop_backup(ns, backup_name, f"{key} recreated from it")
+        self._event(_object(created or to_create), "Normal", "Rescheduled",
+                    f"Rescheduled away from {from_node}: recreated from backup {backup_name} (the move was "
+                    "interrupted between the delete and the create)")
+        log.info("recreated %s from its backup %s/%s: its move was interrupted", key, ns, backup_name)
+        return Outcome(key, from_node, "recreated", "Recovered")
 
     def expired_records(self, now: datetime.datetime) -> list[JSON]:
         """Records with no node avoided any more: to delete."""

@@ -247,3 +247,87 @@ async def test_a_recreated_bare_pod_is_not_moved_again_within_the_cooldown_after
     expired = _desched(FakeKube(), moved, nodes=("vk-a", "vk-b", "vk-c"))
     later = NOW + datetime.timedelta(minutes=6)
     assert [o.action for o in await expired.run_once(later)] == ["recreated"]
+
+
+async def _kill_during_move(kill_on: tuple[str, str]) -> tuple[dict[str, Any], FakeKube]:
+    kube = FakeKube()
+    kube.answer("GET", "/api/v1/namespaces/ns/pods/lonely", not_found("pod"))
+    kube.answer(*kill_on, asyncio.CancelledError())
+    d = _desched(kube, _stuck("lonely", owner=None, annotations={"team": "a"}))
+    with pytest.raises(asyncio.CancelledError):
+        await d.run_once(NOW)
+    backup = kube.of("POST")[0][1]
+    assert backup["metadata"]["name"] == f"{BACKUP_PREFIX}uid-lonely"
+    return backup, kube
+
+
+async def test_a_restart_after_the_delete_recreates_the_bare_pod_from_its_backup_once() -> None:
+    backup, _ = await _kill_during_move(("POST", "/api/v1/namespaces/ns/pods"))  # deleted, never recreated
+    kube = FakeKube()
+    kube.answer("GET", "/api/v1/namespaces/ns/pods/lonely", not_found("pod"))
+    kube.answer("POST", "/api/v1/namespaces/ns/pods", lambda _p, body: {**body, "metadata": {
+        **body["metadata"], "uid": "uid-new"}})
+    restarted = _desched(kube)
+    seed(restarted.backups, {**backup, "metadata": {**backup["metadata"], "namespace": "ns"}})
+    outcomes = await restarted.run_once(NOW)
+    assert [(o.pod, o.node, o.action, o.reason) for o in outcomes] == [("ns/lonely", "vk-a", "recreated", "Recovered")]
+    (_, created), = kube.of("POST")
+    assert created["metadata"]["annotations"]["team"] == "a"
+    assert list(json.loads(created["metadata"]["annotations"][AVOID_ANNOTATION])) == ["vk-a"]
+    assert created["spec"]["affinity"]["nodeAffinity"][avoidance.REQUIRED]["nodeSelectorTerms"][0][
+        "matchExpressions"][-1]["values"] == ["vk-a"]
+    assert [p for p, _ in kube.of("DELETE")] == [f"/api/v1/namespaces/ns/configmaps/{BACKUP_PREFIX}uid-lonely"]
+
+
+async def test_a_restart_before_the_delete_drops_the_backup_and_moves_the_pod_afresh() -> None:
+    backup, _ = await _kill_during_move(("DELETE", "/api/v1/namespaces/ns/pods/lonely"))
+    kube = FakeKube()
+    stuck = _stuck("lonely", owner=None, annotations={"team": "a"})
+    pod_gone = {"n": 0}
+
+    def read(_path: str, _body: Any) -> dict[str, Any]:
+        pod_gone["n"] += 1
+        if pod_gone["n"] > 1:  # the recovery's look, then gone after the new delete
+            raise not_found("pod")
+        return stuck
+
+    kube.answer("GET", "/api/v1/namespaces/ns/pods/lonely", read)
+    kube.answer("POST", "/api/v1/namespaces/ns/configmaps", ApiError(409, "AlreadyExists", "exists"))
+    restarted = _desched(kube, stuck)
+    seed(restarted.backups, {**backup, "metadata": {**backup["metadata"], "namespace": "ns"}})
+    assert [o.action for o in await restarted.run_once(NOW)] == ["recreated"]
+    deletes = [p for p, _ in kube.of("DELETE")]
+    assert deletes.count("/api/v1/namespaces/ns/pods/lonely") == 1
+    assert [p for p, _ in kube.of("POST")] == ["/api/v1/namespaces/ns/configmaps", "/api/v1/namespaces/ns/pods"]
+
+
+async def test_a_backup_whose_pod_was_recreated_or_is_being_deleted_is_handled_without_a_create() -> None:
+    backup, _ = await _kill_during_move(("DELETE", f"/api/v1/namespaces/ns/configmaps/{BACKUP_PREFIX}"))
+    backup = {**backup, "metadata": {**backup["metadata"], "namespace": "ns"}}
+    kube = FakeKube()
+    kube.answer("GET", "/api/v1/namespaces/ns/pods/lonely", {"metadata": {"name": "lonely", "uid": "uid-new"}})
+    d = _desched(kube)
+    seed(d.backups, backup)
+    assert await d.run_once(NOW) == []
+    assert kube.of("POST") == [] and [p for p, _ in kube.of("DELETE")] == [
+        f"/api/v1/namespaces/ns/configmaps/{BACKUP_PREFIX}uid-lonely"]
+    kube = FakeKube()
+    kube.answer("GET", "/api/v1/namespaces/ns/pods/lonely", {"metadata": {
+        "name": "lonely", "uid": "uid-lonely", "deletionTimestamp": timestamps.rfc3339(NOW)}})
+    d = _desched(kube)
+    seed(d.backups, backup)
+    assert await d.run_once(NOW) == []
+    assert kube.of("POST") == [] and kube.of("DELETE") == []  # the next pass finishes it
+
+
+async def test_an_old_backup_without_the_pod_to_create_restores_the_original() -> None:
+    kube = FakeKube()
+    kube.answer("GET", "/api/v1/namespaces/ns/pods/lonely", not_found("pod"))
+    original = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "lonely", "namespace": "ns"},
+                "spec": {"containers": [{"name": "app", "image": "nginx"}]}}
+    d = _desched(kube)
+    seed(d.backups, {"metadata": {"name": f"{BACKUP_PREFIX}uid-lonely", "namespace": "ns"},
+                     "data": {"pod": json.dumps(original)}},
+         {"metadata": {"name": f"{BACKUP_PREFIX}garbage", "namespace": "ns"}, "data": {"pod": "{not json"}})
+    assert [o.action for o in await d.run_once(NOW)] == ["recreated"]
+    assert kube.of("POST") == [("/api/v1/namespaces/ns/pods", original)]
