@@ -23,7 +23,8 @@ class SchedulerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "tensile_scheduler_requests_total", "Extender calls from kube-scheduler, by verb (filter, prioritize) "
-            "and result (success, bad_request, error).", ["verb", "result"], registry=registry)
+            "and result (success, bad_request, error, not_synced: answered with an error before the caches "
+            "synced).", ["verb", "result"], registry=registry)
         self.duration = Histogram(
             "tensile_scheduler_request_duration_seconds", "Time to answer one extender call, by verb, from the "
             "body read to the answer encoded.", ["verb"], buckets=EXTENDER_BUCKETS, registry=registry)

@@ -9,6 +9,14 @@ Routes, on one port: ``POST /filter`` and ``POST /prioritize`` for every pod; ``
 /profile/NAME/filter`` and ``.../prioritize`` act only on pods with ``schedulerName: NAME`` and
 pass the others untouched (kube-scheduler shares its extenders among all its profiles, so this is
 how the extender belongs to one profile only); ``/healthz``, ``/readyz``, ``/metrics``.
+
+The port opens before the two watches have listed (so the probes answer), but a verb is never
+answered from half-filled caches: until both have synced, before any virtual node is known as
+virtual or any profile is held, every virtual node would pass as "not virtual" or "no profile",
+which is placement without the extender dressed as an answer. kube-scheduler calls as soon as the
+port opens (after a restart, too), so such a call waits for the sync up to :data:`SYNC_WAIT`, less
+than kube-scheduler's ``httpTimeout``; past it, it is answered with an error, which kube-scheduler
+handles as it was configured to (``ignorable``: schedule without the extender; else retry later).
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 2**20
 #: A virtual node passed without a usable profile is warned about at most this often.
 WARN_EVERY = 300.0
 INSTALL_HINT = "run `tensile scheduler crd | kubectl apply -f -` as a cluster admin"
+#: How long a call waits for the watches' first sync (kube-scheduler's default ``httpTimeout`` here is 5 s).
+SYNC_WAIT = 3.0
+NOT_SYNCED = "tensile scheduler: its caches of virtual nodes and capacity profiles have not synced yet"
 
 
 @dataclasses.dataclass
@@ -97,6 +108,9 @@ class SchedulerServer:
         self._warned: TTLCache[str, bool] = TTLCache(10_000, WARN_EVERY)
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.sync_wait = SYNC_WAIT
+        #: Set once a call waited the whole ``sync_wait`` in vain: later calls do not wait again.
+        self._sync_overdue = False
 
     # --- watches --------------------------------------------------------------------------
 
@@ -130,9 +144,44 @@ class SchedulerServer:
 
     # --- the verbs -------------------------------------------------------------------------
 
+    @property
+    def synced(self) -> bool:
+        return self.nodes.is_synced and self.profiles.is_synced
+
+    async def wait_synced(self) -> bool:
+        """True once both watches have synced; waits up to ``sync_wait`` (only until one such wait failed)."""
+        if self.synced:
+            return True
+        if self._sync_overdue:
+            return False
+        try:
+            await asyncio.wait_for(asyncio.gather(self.nodes.wait_synced(), self.profiles.wait_synced()),
+                                   self.sync_wait)
+        except TimeoutError:
+            if not self._sync_overdue:
+                self._sync_overdue = True
+                log.warning("%s after %.0fs: answering with an error until they have (readiness says why)",
+                            NOT_SYNCED.removeprefix("tensile scheduler: "), self.sync_wait)
+            return False
+        return True
+
+    def not_synced(self, verb: str, body: bytes) -> tuple[int, bytes]:
+        """The answer while the caches are not synced: an error kube-scheduler recognises as one."""
+        self.metrics.requests.labels(verb, "not_synced").inc()
+        if verb != "filter":
+            return 503, f"{NOT_SYNCED}\n".encode()
+        try:
+            args = wire.parse_args(body)
+        except wire.BadRequest as exc:
+            return 400, f"{exc}\n".encode()
+        return 200, wire.filter_result(args, [], {}, {}, error=NOT_SYNCED)
+
     async def _verb(self, request: web.Request, verb: str) -> web.Response:
         body = await request.read()
-        status, payload = self.answer(verb, body, request.match_info.get("profile"))
+        if await self.wait_synced():
+            status, payload = self.answer(verb, body, request.match_info.get("profile"))
+        else:
+            status, payload = self.not_synced(verb, body)
         content_type = "application/json" if status == 200 else "text/plain"
         return web.Response(status=status, body=payload, content_type=content_type)
 

@@ -224,6 +224,8 @@ async def test_over_large_bodies_get_a_413_and_the_routes_answer_over_http() -> 
 
     s = SchedulerServer(FakeKube("upper"), ServerOptions(max_request_bytes=4096))  # type: ignore[arg-type]
     s.knowledge.profile_seen("vk-big", status_of(lower("b0", "8")))
+    s.nodes.synced.set()
+    s.profiles.synced.set()
     async with http_server(s.app()) as url, aiohttp.ClientSession() as session:
         async with session.post(f"{url}/filter", data=b"{" + b" " * 8192 + b"}") as r:
             assert r.status == 413
@@ -235,4 +237,42 @@ async def test_over_large_bodies_get_a_413_and_the_routes_answer_over_http() -> 
         async with session.get(f"{url}/metrics") as r:
             assert "tensile_scheduler_requests_total" in await r.text()
         async with session.get(f"{url}/readyz") as r:
+            assert r.status == 200
+
+
+async def test_a_call_before_the_caches_synced_waits_for_them_and_never_answers_from_half_a_picture() -> None:
+    """After a restart kube-scheduler calls as soon as the port opens; an empty cache would pass every
+    virtual node (not known as virtual, or no profile), which places pods where they do not fit."""
+    import asyncio
+
+    import aiohttp
+
+    from tests.fakes import http_server
+
+    s = SchedulerServer(FakeKube("upper"), ServerOptions())  # type: ignore[arg-type]
+    s.sync_wait = 5.0
+    body = orjson.dumps({"Pod": pod("4"), "NodeNames": NAMES})
+    async with http_server(s.app()) as url, aiohttp.ClientSession() as session:
+        async with session.get(f"{url}/readyz") as r:
             assert r.status == 503  # its watches have not synced
+        call = asyncio.ensure_future(session.post(f"{url}/filter", data=body))
+        await asyncio.sleep(0.2)
+        assert not call.done()  # waiting for the sync, not answering
+        s.knowledge = knowledge()
+        s.extender = Extender(s.knowledge, s.extender.policy)
+        s.nodes.synced.set()
+        s.profiles.synced.set()
+        async with await call as r:
+            out = await r.json()
+        assert r.status == 200 and out["Error"] == "" and "vk-small" in out["FailedAndUnresolvableNodes"]
+    s = SchedulerServer(FakeKube("upper"), ServerOptions())  # type: ignore[arg-type]
+    s.sync_wait = 0.05
+    async with http_server(s.app()) as url, aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/filter", data=body) as r:
+            out = await r.json()
+            assert r.status == 200 and out["NodeNames"] == [] and "not synced" in out["Error"]
+        async with session.post(f"{url}/prioritize", data=body) as r:
+            assert r.status == 503 and "not synced" in await r.text()
+        async with session.post(f"{url}/filter", data=b"[]") as r:
+            assert r.status == 400
+    assert s.metrics.requests.labels("filter", "not_synced")._value.get() == 2
