@@ -282,3 +282,19 @@ def test_metrics_addr_on_the_https_port_fails_with_one_line(
                "--tls-key-file", str(tmp_path / "tls.key"))
     assert code == 2
     assert "--metrics-addr" in one_line_error(capsys)
+
+
+def test_client_authentication_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse("--client-ca-file", "ca.crt", "--client-allowed-names", "kube-apiserver-webhook-client, other")
+    assert args.client_ca_file == Path("ca.crt")
+    assert args.client_allowed_names == frozenset({"kube-apiserver-webhook-client", "other"})
+    assert parse().client_ca_file is None and parse().client_allowed_names == frozenset()
+    run("certs", str(tmp_path), "--host", "127.0.0.1")
+    serving = ("--tls-cert-file", str(tmp_path / "tls.crt"), "--tls-key-file", str(tmp_path / "tls.key"))
+    assert run(*serving, "--client-allowed-names", "x") == 2
+    assert "--client-allowed-names needs --client-ca-file" in one_line_error(capsys)
+    assert run(*serving, "--client-ca-file", str(tmp_path / "nope.crt")) == 2
+    assert "--client-ca-file" in one_line_error(capsys)
+    (tmp_path / "junk.crt").write_text("junk")
+    assert run(*serving, "--client-ca-file", str(tmp_path / "junk.crt")) == 2
+    assert "cannot load --client-ca-file" in one_line_error(capsys)

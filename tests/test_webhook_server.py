@@ -29,7 +29,7 @@ from tensile.conventions import (
 )
 from webhook import signing
 from webhook.certs import CertPaths, generate
-from webhook.server import ServerOptions, mutate_options, reloader, signing_key, start
+from webhook.server import ServerOptions, metrics, mutate_options, reloader, signing_key, start
 
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 REPO = Path(__file__).resolve().parents[1]
@@ -322,3 +322,68 @@ async def test_a_rotated_serving_certificate_is_served_without_a_restart(tmp_pat
         assert await _served_certificate(port) == after
     finally:
         await asyncio.wait_for(runner.cleanup(), 15)
+
+
+# --- callers: only the apiserver, when a client CA is configured ------------------------------------------------
+
+
+def _client_cert(directory: Path, ca: tuple[object, object], cn: str, file: str) -> tuple[str, str]:
+    from tensile.certs import issue, write_cert, write_key
+
+    cert, key = issue(ca, cn, 1, client=True)  # type: ignore[arg-type]
+    write_cert(directory / f"{file}.crt", cert)
+    write_key(directory / f"{file}.key", key)
+    return str(directory / f"{file}.crt"), str(directory / f"{file}.key")
+
+
+async def _status(port: int, certs: CertPaths, path: str, cert: tuple[str, str] | None) -> int:
+    context = ssl.create_default_context(cafile=str(certs.ca_cert))
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context), timeout=TIMEOUT) as session:
+        if path == "/mutate":
+            async with session.post(f"https://127.0.0.1:{port}{path}", json=admission_review()) as response:
+                return response.status
+        async with session.get(f"https://127.0.0.1:{port}{path}") as response:
+            return response.status
+
+
+async def test_with_a_client_ca_only_the_named_client_may_mutate_and_the_probes_stay_open(
+    certs: CertPaths, tmp_path: Path
+) -> None:
+    from tensile.certs import make_ca, write_cert
+
+    ca = make_ca("apiserver-client-ca", 1)
+    write_cert(tmp_path / "client-ca.crt", ca[0])
+    apiserver = _client_cert(tmp_path, ca, "kube-apiserver-webhook-client", "apiserver")
+    someone = _client_cert(tmp_path, ca, "someone", "someone")
+    stranger = _client_cert(tmp_path, make_ca("another-ca", 1), "kube-apiserver-webhook-client", "stranger")
+    options = ServerOptions(tls_cert_file=certs.tls_cert, tls_key_file=certs.tls_key, port=0,
+                            bind_address="127.0.0.1", client_ca_file=tmp_path / "client-ca.crt",
+                            client_allowed_names=frozenset({"kube-apiserver-webhook-client"}))
+    runner, port = await asyncio.wait_for(start(options), 10)
+    try:
+        assert await _status(port, certs, "/mutate", apiserver) == 200
+        assert await _status(port, certs, "/mutate", None) == 401  # anonymous
+        assert await _status(port, certs, "/mutate", someone) == 403  # signed by the CA, not the apiserver
+        with pytest.raises(aiohttp.ClientError):  # a certificate the CA did not sign fails the handshake
+            await _status(port, certs, "/mutate", stranger)
+        assert await _status(port, certs, "/healthz", None) == 200
+        assert await _status(port, certs, "/readyz", None) == 200
+        refused = metrics(runner).requests.labels("unknown", "refused")._value.get()
+        assert refused == 2
+    finally:
+        await asyncio.wait_for(runner.cleanup(), 15)
+
+
+def test_caller_refusal_reads_the_verified_certificate() -> None:
+    from webhook.server import caller_refusal
+
+    apiserver = {"subject": ((("commonName", "kube-apiserver-webhook-client"),),)}
+    assert caller_refusal(None, False, frozenset()) is None  # no client CA: everyone, as before
+    assert caller_refusal({}, True, frozenset())[0] == 401  # type: ignore[index]
+    assert caller_refusal(None, True, frozenset())[0] == 401  # type: ignore[index]
+    assert caller_refusal(apiserver, True, frozenset()) is None  # any name the CA signed
+    assert caller_refusal(apiserver, True, frozenset({"kube-apiserver-webhook-client"})) is None
+    status, message = caller_refusal(apiserver, True, frozenset({"other"}))  # type: ignore[misc]
+    assert status == 403 and "kube-apiserver-webhook-client" in message

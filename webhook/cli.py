@@ -108,6 +108,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "derived from (default: --tls-key-file)",
     )
     serve.add_argument(
+        "--client-ca-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="answer /mutate only for callers with a client certificate this CA (PEM) signed, others get 401: "
+        "the apiserver presents one when its --admission-control-config-file gives webhooks a kubeconfig. "
+        "Without it, anyone who reaches the port can have pods mutated and their clusterSelector signed",
+    )
+    serve.add_argument(
+        "--client-allowed-names",
+        type=_keys,
+        default=frozenset(),
+        metavar="NAME[,NAME...]",
+        help="with --client-ca-file: the client certificate's common name must be one of these, else 403 "
+        "(default: any certificate the CA signed)",
+    )
+    serve.add_argument(
         "--ignore-selector-keys",
         type=_keys,
         default=frozenset({CLUSTER_ID_LABEL}),
@@ -215,10 +232,18 @@ def _run_serve(args: argparse.Namespace) -> int:
         cert = _readable(args.tls_cert_file, "--tls-cert-file")
         key = _readable(args.tls_key_file, "--tls-key-file")
         signing_file = None if args.signing_key_file is None else _readable(args.signing_key_file, "--signing-key-file")
+        client_ca = None if args.client_ca_file is None else _readable(args.client_ca_file, "--client-ca-file")
+        if args.client_allowed_names and client_ca is None:
+            raise _UsageError("--client-allowed-names needs --client-ca-file")
         try:
             ssl_context(cert, key)  # fail here with a clear message rather than inside the event loop
         except (ssl.SSLError, OSError) as exc:
             raise _UsageError(f"cannot load the TLS certificate/key: {exc}") from exc
+        if client_ca is not None:
+            try:
+                ssl_context(cert, key, client_ca)
+            except (ssl.SSLError, OSError) as exc:
+                raise _UsageError(f"cannot load --client-ca-file {client_ca}: {exc}") from exc
         options = ServerOptions(
             tls_cert_file=cert,
             tls_key_file=key,
@@ -228,6 +253,8 @@ def _run_serve(args: argparse.Namespace) -> int:
             metrics_addr=args.metrics_addr,
             avoidance_records=args.avoidance_records,
             kubeconfig=args.serve_kubeconfig,
+            client_ca_file=client_ca,
+            client_allowed_names=args.client_allowed_names,
             mutate=MutateOptions(
                 ignore_selector_keys=args.ignore_selector_keys,
                 add_virtual_node_selector=args.virtual_node_selector,

@@ -12,7 +12,9 @@ Results of ``POST /mutate``:
   mutated); the webhook never denies a request, so there is no ``denied``;
 - ``error``: no AdmissionReview answer: a body that does not decode as one or a malformed pod
   (HTTP 400), a body over the size limit (413), or a failure of the handler. The apiserver then
-  applies the configuration's ``failurePolicy``.
+  applies the configuration's ``failurePolicy``;
+- ``refused``: a caller without the client certificate ``--client-ca-file`` asks for (401), or with a
+  name not in ``--client-allowed-names`` (403); its operation is ``unknown`` (the body is not read).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ __all__ = ["ADMISSION_BUCKETS", "OPERATIONS", "RESULTS", "WebhookMetrics", "oper
 ADMISSION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 #: ``admission.k8s.io/v1`` operations; anything else is counted as ``unknown``.
 OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
-RESULTS = ("mutated", "unchanged", "error")
+RESULTS = ("mutated", "unchanged", "error", "refused")
 _RESULT_OF_ACTION = {"patched": "mutated", "skipped": "unchanged", "rejected": "error"}
 
 
@@ -48,7 +50,8 @@ class WebhookMetrics:
         self.requests = Counter(
             "tensile_admission_requests_total", "POST /mutate requests by AdmissionReview operation and result "
             "(mutated: allowed with a patch; unchanged: allowed as is; error: HTTP 400/413/500, no review "
-            "answered).", ["operation", "result"], registry=registry)
+            "answered; refused: a caller without the required client certificate, 401/403).",
+            ["operation", "result"], registry=registry)
         self.duration = Histogram(
             "tensile_admission_duration_seconds", "Time from receiving a POST /mutate request to its answer, "
             "body read included, by AdmissionReview operation.",

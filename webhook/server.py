@@ -19,6 +19,17 @@ derived once too; were the files ever reloaded, the key would have to be derived
 ``--signing-key-file`` names another shared file instead, for a key that outlives certificate
 rotation: a rotated serving key (cert-manager's ``rotationPolicy: Always``) makes replicas
 disagree until all of them restart, and signatures made before no longer verify.
+
+Callers. The webhook answers anyone who can reach its port, and its answer is a signed
+``clusterSelector`` for whatever pod the caller sent: a signing oracle. A pod author who can reach
+the port could have constraints of their choosing signed and then create a pod carrying them, which
+upper admission (that checks only the spec) would let through to the lower copy. With
+``ServerOptions.client_ca_file`` (``--client-ca-file``), ``/mutate`` answers only callers with a
+client certificate that CA signed (the apiserver presents one when its
+``--admission-control-config-file`` names a kubeconfig for webhooks), others get 401; with
+``client_allowed_names`` (``--client-allowed-names``) the certificate's common name must also be one
+of them, else 403, as ``--requestheader-allowed-names`` does for the aggregation layer. The
+probes stay open: kubelets probe without certificates.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -42,6 +54,7 @@ from tensile.kube.client import Kube
 from tensile.kube.metrics import new_registry
 from tensile.kube.serving import OpsServer, Readiness
 from tensile.kube.supervisor import Supervisor
+from tensile.kubelet.auth import user_from_certificate
 from tensile.logs import V
 from webhook.metrics import WebhookMetrics, result_label
 from webhook.mutate import MutateOptions
@@ -49,8 +62,8 @@ from webhook.records import AvoidanceRecords
 from webhook.review import Decision, handle_review
 from webhook.signing import derive_key
 
-__all__ = ["LOGGER_NAME", "CertReloader", "ServerOptions", "create_app", "metrics", "mutate_options",
-           "ops_server", "reloader", "serve", "signing_key", "ssl_context", "start"]
+__all__ = ["LOGGER_NAME", "CertReloader", "ServerOptions", "caller_refusal", "create_app", "metrics",
+           "mutate_options", "ops_server", "reloader", "serve", "signing_key", "ssl_context", "start"]
 
 LOGGER_NAME = "tensile.webhook"
 log = logging.getLogger(LOGGER_NAME)
@@ -62,6 +75,10 @@ class _State:
     ready: bool = True
     #: Set by ``create_app``; replaced when a rotated serving key changes the signing key.
     mutate: MutateOptions = dataclasses.field(default_factory=MutateOptions)
+    #: Callers of ``/mutate`` must present a client certificate (the TLS context verifies it).
+    client_auth: bool = False
+    #: When not empty, the certificate's common name must be one of these.
+    allowed_names: frozenset[str] = frozenset()
     #: The background loops (certificate reloading): restarted when they fail, reported when wedged.
     supervisor: Supervisor = dataclasses.field(default_factory=lambda: Supervisor("webhook"))
 
@@ -92,6 +109,10 @@ class ServerOptions:
     #: Read the descheduler's avoidance records (with this kubeconfig; ``None``: in-cluster credentials).
     avoidance_records: bool = False
     kubeconfig: Path | None = None
+    #: Only callers with a client certificate this CA signed may call ``/mutate`` (others: 401).
+    client_ca_file: Path | None = None
+    #: ...and, when not empty, whose certificate's common name is one of these (others: 403).
+    client_allowed_names: frozenset[str] = frozenset()
 
 
 def signing_key(options: ServerOptions) -> bytes:
@@ -102,12 +123,35 @@ def signing_key(options: ServerOptions) -> bytes:
     return derive_key((options.signing_key_file or options.tls_key_file).read_bytes())
 
 
-def ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    """A server-side TLS context (TLS 1.2+) with the serving certificate and key loaded."""
+def ssl_context(cert_file: Path, key_file: Path, client_ca_file: Path | None = None) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2+) with the serving certificate and key loaded.
+
+    With ``client_ca_file``, a client certificate is asked for and verified against it when given
+    (optional at the TLS level, so the probes work without one; ``/mutate`` requires it).
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
+    if client_ca_file is not None:
+        context.load_verify_locations(cafile=str(client_ca_file))
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
+
+
+def caller_refusal(peercert: Any, required: bool, allowed_names: frozenset[str]) -> tuple[int, str] | None:
+    """(status, message) refusing a ``/mutate`` caller, or None to let it in.
+
+    ``peercert`` is what the TLS layer verified (``ssl.SSLSocket.getpeercert()``; empty without a
+    certificate). Pure.
+    """
+    if not required:
+        return None
+    user = user_from_certificate(peercert if isinstance(peercert, dict) else None)
+    if user is None:
+        return 401, "a client certificate signed by the webhook's --client-ca-file is required"
+    if allowed_names and user.name not in allowed_names:
+        return 403, f"client certificate {user.name!r} is not one of --client-allowed-names"
+    return None
 
 
 def _log_decision(decision: Decision, status: int, seconds: float) -> None:
@@ -135,6 +179,13 @@ def _log_decision(decision: Decision, status: int, seconds: float) -> None:
 async def _mutate(request: web.Request) -> web.Response:
     state = request.app[_STATE]
     started = time.perf_counter()
+    peercert = request.transport.get_extra_info("peercert") if request.transport is not None else None
+    refusal = caller_refusal(peercert, state.client_auth, state.allowed_names)
+    if refusal is not None:
+        status, message = refusal
+        state.metrics.observe("", "refused", time.perf_counter() - started)
+        log.log(V(2), "refused a caller: %s", message, extra={"status": status, "peer": request.remote})
+        return web.Response(status=status, text=message + "\n")
     decisions: list[Decision] = []
     state.metrics.in_flight.inc()
     try:
@@ -188,14 +239,17 @@ def create_app(options: ServerOptions | MutateOptions | None = None,
     (default body limit; its signing key is used as it is). Requests are counted in ``registry``
     (the process registry); without one, in a registry of the app's own (:func:`metrics`).
     """
+    client_auth, allowed = False, frozenset[str]()
     if isinstance(options, ServerOptions):
         mutation = dataclasses.replace(options.mutate, signing_key=signing_key(options))
         max_body = options.max_body_bytes
+        client_auth, allowed = options.client_ca_file is not None, options.client_allowed_names
     else:
         mutation, max_body = options or MutateOptions(), ServerOptions.max_body_bytes
     app = web.Application(client_max_size=max_body)
     own = registry if registry is not None else CollectorRegistry()
-    app[_STATE] = _State(metrics=WebhookMetrics(own), mutate=mutation)
+    app[_STATE] = _State(metrics=WebhookMetrics(own), mutate=mutation, client_auth=client_auth,
+                         allowed_names=allowed)
     app.router.add_post("/mutate", _mutate)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -287,7 +341,7 @@ async def start(options: ServerOptions, registry: CollectorRegistry | None = Non
     certificate is reloaded when its files change (:class:`CertReloader`). Metrics go to
     ``registry`` (see :func:`create_app`).
     """
-    context = ssl_context(options.tls_cert_file, options.tls_key_file)
+    context = ssl_context(options.tls_cert_file, options.tls_key_file, options.client_ca_file)
     records = None
     if options.avoidance_records:
         kube = await Kube.from_kubeconfig(str(options.kubeconfig) if options.kubeconfig else None, 20.0, 40,
