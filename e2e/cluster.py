@@ -260,12 +260,33 @@ class LocalCluster(Supervised, KubeconfigClients):
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={p.front_proxy_client_cert}",
             f"--proxy-client-key-file={p.front_proxy_client_key}",
+            # Admission webhooks are called with a client certificate, so a webhook can refuse anyone else.
+            f"--admission-control-config-file={self._admission_config(p)}",
             "--profiling=false",
             "--max-requests-inflight=1000",
             "--max-mutating-requests-inflight=500",
             "--v=1",
             *self.apiserver_args,
         ]
+
+    def _admission_config(self, p: pki.ClusterPKI) -> Path:
+        """The apiserver's admission configuration: every webhook is called with ``p.webhook_client_cert``."""
+        kubeconfig = self.dir / "webhook-client.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            # "*" matches any webhook host; the apiserver reads this once, at start.
+            "users": [{"name": "*", "user": {"client-certificate": str(p.webhook_client_cert),
+                                              "client-key": str(p.webhook_client_key)}}],
+        }, sort_keys=False))
+        config = self.dir / "admission-config.yaml"
+        config.write_text(yaml.safe_dump({
+            "apiVersion": "apiserver.config.k8s.io/v1", "kind": "AdmissionConfiguration",
+            "plugins": [{"name": name, "configuration": {"apiVersion": "apiserver.config.k8s.io/v1",
+                                                         "kind": "WebhookAdmissionConfiguration",
+                                                         "kubeConfigFile": str(kubeconfig)}}
+                        for name in ("ValidatingAdmissionWebhook", "MutatingAdmissionWebhook")],
+        }, sort_keys=False))
+        return config
 
     def _start_apiserver(self, p: pki.ClusterPKI, keep_port: bool = False) -> None:
         def start() -> Process:

@@ -42,6 +42,13 @@ class ClusterPKI:
     front_proxy_ca_cert: Path
     front_proxy_client_cert: Path
     front_proxy_client_key: Path
+    #: What the apiserver presents to admission webhooks (``--admission-control-config-file``).
+    webhook_client_cert: Path
+    webhook_client_key: Path
+
+
+#: The common name of the apiserver's client certificate toward admission webhooks.
+WEBHOOK_CLIENT_CN = "kube-apiserver-webhook-client"
 
 
 def paths(directory: Path) -> ClusterPKI:
@@ -64,6 +71,8 @@ def paths(directory: Path) -> ClusterPKI:
         front_proxy_ca_cert=directory / "front-proxy-ca.crt",
         front_proxy_client_cert=directory / "front-proxy-client.crt",
         front_proxy_client_key=directory / "front-proxy-client.key",
+        webhook_client_cert=directory / "webhook-client.crt",
+        webhook_client_key=directory / "webhook-client.key",
     )
 
 
@@ -98,6 +107,9 @@ def write_cluster_pki(directory: Path, service_ip: str = "10.0.0.1") -> ClusterP
     cert, key = issue(front, "front-proxy-client", _DAYS, client=True)
     write_cert(p.front_proxy_client_cert, cert)
     write_key(p.front_proxy_client_key, key)
+    cert, key = issue(ca, WEBHOOK_CLIENT_CN, _DAYS, client=True)
+    write_cert(p.webhook_client_cert, cert)
+    write_key(p.webhook_client_key, key)
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     write_key(p.sa_key, sa)
     p.sa_pub.write_bytes(

@@ -5,6 +5,11 @@ Certificates come from ``tensile webhook certs`` and the registration from
 The configuration is removed before the server stops: with failurePolicy
 Fail, opted-in pod creates would otherwise fail during teardown.
 
+Like a hardened deployment, the webhook answers only the apiserver: it is started with
+``--client-ca-file`` (the cluster CA) and ``--client-allowed-names`` (the name of the client
+certificate every local apiserver presents to webhooks, see ``e2e.cluster``); ``client_auth=False``
+serves anyone, as the default configuration does.
+
 The server also serves ``/metrics`` and the probes over plain HTTP on a free
 port (``--metrics-addr``), which ``metrics()`` scrapes; it logs at ``-v 4``,
 one line per admission decision, so a failing test's log says what was decided.
@@ -21,6 +26,7 @@ from pathlib import Path
 
 from kubernetes import client as k8s
 
+from e2e import pki
 from e2e.cluster import LocalCluster, wait_for
 from e2e.metrics import Samples, scrape
 from e2e.process import Process, Supervised, free_port
@@ -37,9 +43,10 @@ def tensile(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 class WebhookProcess(Supervised):
-    def __init__(self, cluster: LocalCluster, extra_args: list[str] | None = None) -> None:
+    def __init__(self, cluster: LocalCluster, extra_args: list[str] | None = None, client_auth: bool = True) -> None:
         self.cluster = cluster
         self.extra_args = extra_args or []
+        self.client_auth = client_auth
         self.dir: Path = cluster.dir / "webhook"
         self.port = 0
         self.metrics_port = 0
@@ -57,7 +64,8 @@ class WebhookProcess(Supervised):
         self.proc = Process("tensile-webhook", [
             sys.executable, "-m", "tensile.cli", "webhook", f"--port={self.port}", "--bind-address=127.0.0.1",
             f"--tls-cert-file={self.dir / 'tls.crt'}", f"--tls-key-file={self.dir / 'tls.key'}",
-            f"--metrics-addr=127.0.0.1:{self.metrics_port}", "--v=4", "--log-format=text", *self.extra_args,
+            f"--metrics-addr=127.0.0.1:{self.metrics_port}", "--v=4", "--log-format=text", *self.client_args(),
+            *self.extra_args,
         ], self.cluster.dir / "webhook.log")
         self.proc.start()
         ctx = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
@@ -73,6 +81,11 @@ class WebhookProcess(Supervised):
         tensile("webhook", "install", "--kubeconfig", str(self.cluster.kubeconfig), "--url", self.url,
                 "--ca-file", str(self.dir / "ca.crt"))
         self._wait_active(timeout)
+
+    def client_args(self) -> list[str]:
+        if not self.client_auth:
+            return []
+        return [f"--client-ca-file={self.cluster.ca_file}", f"--client-allowed-names={pki.WEBHOOK_CLIENT_CN}"]
 
     def _wait_active(self, timeout: float) -> None:
         """The apiserver loads new webhook configurations asynchronously; probe with a dry run."""
