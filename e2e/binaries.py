@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Resolve or build tensile's control-plane binaries.")
     parser.add_argument("--no-download", action="store_true", help="never try the release downloads")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     started = time.monotonic()
     try:
         d = ensure_binaries(allow_download=not args.no_download)

@@ -282,7 +282,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr, force=True)
 
 
 def _spec(args: argparse.Namespace, root: Path | None = None) -> Any:
