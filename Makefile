@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+## Test processes (pytest-xdist), each running whole modules: the e2e suite mostly waits on control
+## planes, so two workers keep two cores busy. `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
+XDIST  := -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: all install binaries manifests test test-long test-unit test-e2e test-example lint demo bench clean
 
@@ -29,12 +33,12 @@ test-unit: $(STAMP)
 	$(PY) -m pytest -q tests
 
 test-e2e: binaries
-	$(PY) -m pytest -q e2e/tests
+	$(PY) -m pytest -q $(XDIST) e2e/tests
 
 ## Unit tests, lint, then end-to-end tests on real local control planes, then the example project
 ## (examples/paired), run from its own directory through the installed pytest plugin.
 test: binaries lint
-	$(PY) -m pytest -q --durations=25 tests e2e/tests
+	$(PY) -m pytest -q $(XDIST) --durations=25 tests e2e/tests
 	$(MAKE) test-example
 
 test-example: $(STAMP)
@@ -42,7 +46,7 @@ test-example: $(STAMP)
 
 ## The long variants (scale, soak) of properties `make test` checks at a smaller size.
 test-long: binaries
-	$(PY) -m pytest -q -m long e2e/tests
+	$(PY) -m pytest -q $(XDIST) -m long e2e/tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check tensile webhook scheduler descheduler topology e2e tests bench deploy
