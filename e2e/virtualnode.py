@@ -110,6 +110,15 @@ class VirtualNodeProcess(Supervised):
     def metrics(self) -> Samples:
         return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
+    def rss_kib(self) -> int:
+        """The process's resident memory now (``VmRSS``), in KiB."""
+        assert self.proc is not None and self.proc.pid is not None, f"{self.label} is not running"
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError(f"{self.label}: no VmRSS in /proc/{self.proc.pid}/status")
+
     def kill(self) -> None:
         if self.proc:
             self.proc.kill()

@@ -17,20 +17,19 @@ from __future__ import annotations
 import base64
 import dataclasses
 import functools
-import json
 import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from e2e.cluster import LocalCluster, wait_for
+from e2e.convergence import convergence_problems, items, meta, wait_converged
 from e2e.fixtures import UPPER_NODES
 from e2e.kube_helpers import create_namespace, pod_manifest, tensile_objects, unique
 from e2e.kwok import NodeSpec
@@ -46,129 +45,9 @@ LOWER_BIG = [NodeSpec("lower-big", cpu="64", memory="256Gi", pods="1000")]
 #: Copies become collectable one second after their last pod goes; leader election off: a restarted
 #: single replica writes at once instead of waiting out its own dead Lease (15 s).
 NODE_ARGS = ["--dependency-gc-delay=1", "--leader-elect=false"]
-OWNED = f"{c.OWNER_NODE_LABEL}={VK}"
 IMAGES = ("nginx:1.25", "nginx:1.26", "nginx:1.27")
 SHARED_CONFIGMAPS = 4
 SECRET = "shared-secret"
-
-
-def items(list_fn: Callable[..., Any], *args: Any, **kw: Any) -> list[dict[str, Any]]:
-    """A list call's items as plain dicts: hundreds of pods decode in milliseconds, not model objects."""
-    resp = list_fn(*args, _preload_content=False, **kw)
-    return list(json.loads(resp.data)["items"])
-
-
-def meta(obj: dict[str, Any]) -> dict[str, Any]:
-    return dict(obj.get("metadata") or {})
-
-
-def pod_refs(pod: dict[str, Any]) -> tuple[set[str], set[str]]:
-    """The ConfigMaps and Secrets a pod uses through volumes and env, read from the upper spec."""
-    cms: set[str] = set()
-    secrets: set[str] = set()
-    spec = pod.get("spec") or {}
-    for v in spec.get("volumes") or []:
-        if "configMap" in v:
-            cms.add(v["configMap"]["name"])
-        if "secret" in v:
-            secrets.add(v["secret"]["secretName"])
-    for ctr in spec.get("containers") or []:
-        for env in ctr.get("env") or []:
-            source = env.get("valueFrom") or {}
-            if "configMapKeyRef" in source:
-                cms.add(source["configMapKeyRef"]["name"])
-            if "secretKeyRef" in source:
-                secrets.add(source["secretKeyRef"]["name"])
-    return cms, secrets
-
-
-def convergence_problems(upper: LocalCluster, lower: LocalCluster, ns: str, expected: dict[str, str]) -> list[str]:
-    """Why the lower cluster does not (yet) mirror the upper one; empty once it does.
-
-    ``expected``: pod name -> uid of every pod the workload created and did not delete.
-    """
-    problems: list[str] = []
-    up = items(upper.core.list_namespaced_pod, ns)
-    low = items(lower.core.list_namespaced_pod, ns, label_selector=OWNED)
-    terminating = sorted(meta(p)["name"] for p in up if meta(p).get("deletionTimestamp"))
-    if terminating:
-        problems.append(f"{len(terminating)} upper pods still terminating: {terminating[:5]}")
-    live = {meta(p)["name"]: p for p in up if not meta(p).get("deletionTimestamp")}
-    lost = sorted(set(expected) - set(live))
-    if lost:
-        problems.append(f"{len(lost)} upper pods lost: {lost[:5]}")
-    unknown = sorted(set(live) - set(expected))
-    if unknown:
-        problems.append(f"{len(unknown)} upper pods nobody created: {unknown[:5]}")
-    replaced = sorted(n for n in set(live) & set(expected) if meta(live[n])["uid"] != expected[n])
-    if replaced:
-        problems.append(f"{len(replaced)} upper pods replaced by another uid: {replaced[:5]}")
-    copies: dict[str, list[dict[str, Any]]] = {}
-    for p in low:
-        copies.setdefault(meta(p).get("annotations", {}).get(c.UPPER_UID_ANNOTATION, ""), []).append(p)
-    live_uids = {meta(p)["uid"] for p in live.values()}
-    orphans = sorted(meta(p)["name"] for uid, ps in copies.items() if uid not in live_uids for p in ps)
-    if orphans:
-        problems.append(f"{len(orphans)} lower copies without a live upper pod: {orphans[:5]}")
-    for name, pod in sorted(live.items()):
-        mine = copies.get(meta(pod)["uid"], [])
-        if len(mine) != 1:
-            problems.append(f"{name}: {len(mine)} lower copies")
-            continue
-        copy = mine[0]
-        up_phase, low_phase = (pod.get("status") or {}).get("phase"), (copy.get("status") or {}).get("phase")
-        if not up_phase or up_phase != low_phase:
-            problems.append(f"{name}: upper phase {up_phase}, lower {low_phase}")
-        up_image, low_image = pod["spec"]["containers"][0]["image"], copy["spec"]["containers"][0]["image"]
-        if up_image != low_image:
-            problems.append(f"{name}: upper image {up_image}, lower {low_image}")
-        low_labels = meta(copy).get("labels") or {}
-        stale = {k: v for k, v in (meta(pod).get("labels") or {}).items() if low_labels.get(k) != v}
-        if stale:
-            problems.append(f"{name}: labels {stale} not on the copy")
-    wanted_cms: set[str] = set()
-    wanted_secrets: set[str] = set()
-    for pod in live.values():
-        cms, secrets = pod_refs(pod)
-        wanted_cms |= cms
-        wanted_secrets |= secrets
-    for kind, list_fn, wanted in (("configmap", "list_namespaced_config_map", wanted_cms),
-                                  ("secret", "list_namespaced_secret", wanted_secrets)):
-        upper_data = {meta(o)["name"]: o.get("data") for o in items(getattr(upper.core, list_fn), ns)}
-        lower_data = {meta(o)["name"]: o.get("data") for o in items(getattr(lower.core, list_fn), ns,
-                                                                     label_selector=OWNED)}
-        leaked = sorted(set(lower_data) - wanted)
-        if leaked:
-            problems.append(f"{len(leaked)} {kind} copies no live pod references: {leaked[:5]}")
-        missing = sorted(wanted - set(lower_data))
-        if missing:
-            problems.append(f"{len(missing)} referenced {kind}s not copied: {missing[:5]}")
-        stale_data = sorted(n for n in wanted & set(lower_data) if lower_data[n] != upper_data.get(n))
-        if stale_data:
-            problems.append(f"{len(stale_data)} {kind} copies with stale data: {stale_data[:5]}")
-    for kind, list_name in (("claim", "list_namespaced_persistent_volume_claim"),
-                            ("serviceaccount", "list_namespaced_service_account"),
-                            ("service", "list_namespaced_service")):
-        extra = sorted(meta(o)["name"] for o in items(getattr(lower.core, list_name), ns, label_selector=OWNED))
-        if extra:
-            problems.append(f"{len(extra)} {kind} copies no pod references: {extra[:5]}")
-    return problems
-
-
-def wait_converged(check: Callable[[], list[str]], since: float, timeout: float, what: str) -> float:
-    """Seconds from ``since`` (monotonic) until ``check`` finds nothing wrong; fails with what is still wrong."""
-    last: list[str] = []
-
-    def converged() -> bool:
-        nonlocal last
-        last = check()
-        return not last
-
-    try:
-        wait_for(converged, timeout, interval=0.3, what=what)
-    except TimeoutError as exc:
-        raise AssertionError(f"{exc}; still wrong:\n  " + "\n  ".join(last[:25])) from exc
-    return time.monotonic() - since
 
 
 def fault_seed() -> int:
@@ -352,7 +231,7 @@ def test_kill_9_at_random_moments_converges_with_nothing_lost_or_left_behind(
     began = time.monotonic()
     try:
         def check() -> list[str]:
-            return convergence_problems(upper, lower, ns, workload.expected)
+            return convergence_problems(upper, lower, ns, workload.expected, VK)
 
         for i, (run, down) in enumerate(zip(run_for, down_for, strict=True)):
             workload.resume()
@@ -390,15 +269,6 @@ def test_kill_9_at_random_moments_converges_with_nothing_lost_or_left_behind(
 # --- churn ---------------------------------------------------------------------------------------
 
 
-def rss_kib(vn: VirtualNodeProcess) -> int:
-    assert vn.proc is not None and vn.proc.pid is not None
-    with open(f"/proc/{vn.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def lower_leftovers(lower: LocalCluster, ns: str) -> list[str]:
     selector = f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY_VALUE}"
     out = []
@@ -423,7 +293,7 @@ class Snapshot:
     def take(cls, vn: VirtualNodeProcess, cycles: int) -> Snapshot:
         samples: Samples = vn.metrics()
         by_informer = {labels["informer"]: v for n, labels, v in samples.series if n == "tensile_cache_objects"}
-        return cls(cycles, rss_kib(vn), samples.total("tensile_asyncio_tasks"), sum(by_informer.values()),
+        return cls(cycles, vn.rss_kib(), samples.total("tensile_asyncio_tasks"), sum(by_informer.values()),
                    by_informer)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -9,8 +10,9 @@ import pytest
 from kubernetes import client as k8s
 
 from e2e.cluster import LocalCluster, wait_for
+from e2e.convergence import convergence_problems, wait_converged
 from e2e.fixtures import LOWER_NODES, UPPER_NODES
-from e2e.kube_helpers import create_namespace, node_condition, pod_manifest, unique
+from e2e.kube_helpers import create_namespace, node_condition, pod_manifest, unique, wait_pod_running
 from e2e.virtualnode import VirtualNodeProcess
 from tensile import conventions as c
 
@@ -68,22 +70,92 @@ def test_kill_9_mid_sync_and_restart_converges_to_one_copy_per_pod(
     assert foreign.metadata.deletion_timestamp is None and not foreign.metadata.labels
 
 
-def test_lower_apiserver_outage_turns_node_not_ready_then_ready(
-    make_cluster: Callable[..., LocalCluster], make_virtual_node: Callable[..., VirtualNodeProcess]
+@dataclasses.dataclass(frozen=True)
+class Outage:
+    seconds: float
+    pods: int
+
+
+@pytest.mark.parametrize("outage", [
+    pytest.param(Outage(seconds=20, pods=10), id="short"),
+    pytest.param(Outage(seconds=120, pods=30), id="long", marks=pytest.mark.long),
+])
+def test_lower_apiserver_outage_keeps_every_pod_and_memory_flat_then_catches_up(
+    make_cluster: Callable[..., LocalCluster], make_virtual_node: Callable[..., VirtualNodeProcess], outage: Outage
 ) -> None:
+    """The lower apiserver stops for a while (two minutes in the long size), with pods running.
+
+    Meanwhile: the node turns NotReady with a reason, no upper pod is failed, evicted or deleted, the
+    process stays alive and healthy and its memory and task count stay flat. Pods created and deleted
+    upstairs meanwhile wait. Once the apiserver is back: Ready again, every earlier lower copy is the
+    same object (nothing was deleted downstairs), and the queued work is done, without a restart.
+    """
     upper = make_cluster("upper", list(UPPER_NODES))
     lower = make_cluster("lower", list(LOWER_NODES))
-    make_virtual_node(upper, lower, VK, extra_args=["--lower-unreachable-grace=5"])
+    vn = make_virtual_node(upper, lower, VK, extra_args=["--lower-unreachable-grace=5", "--dependency-gc-delay=1"])
     wait_for(lambda: (cond := node_condition(upper, VK)) and cond.status == "True", 30, what="node Ready")
+    ns = unique("outage")
+    create_namespace(upper, ns)
+    names = [f"p{i}" for i in range(outage.pods)]
+    for name in names:
+        upper.core.create_namespaced_pod(ns, pod_manifest(name))
+    for name in names:
+        wait_pod_running(upper, ns, name, timeout=120)
+    before = {p.metadata.name: p.metadata.uid for p in owned_lower_pods(lower, ns)}
+    assert sorted(before) == sorted(names)
+
+    assert vn.proc is not None
+    pid = vn.proc.pid
+
     lower.stop_apiserver()
+    stopped = time.monotonic()
     cond = wait_for(lambda: (cd := node_condition(upper, VK)) and cd.status == "False" and cd, 60,
                     what="node NotReady after the lower apiserver stopped")
     assert cond.reason == "LowerClusterUnreachable"
     assert "unreachable" in cond.message
+    # Work that arrives during the outage: two pods go, two new ones come.
+    gone, added = names[:2], [f"new{i}" for i in range(2)]
+    for name in gone:
+        upper.core.delete_namespaced_pod(name, ns)
+    for name in added:
+        upper.core.create_namespaced_pod(ns, pod_manifest(name))
+    first = (vn.rss_kib(), vn.metrics().total("tensile_asyncio_tasks"))
+    rss, tasks = [first[0]], [first[1]]
+    while time.monotonic() - stopped < outage.seconds:
+        time.sleep(2)
+        assert vn.proc is not None and vn.proc.alive(), vn.log_tail()
+        assert vn.healthz() == 200, "an unreachable lower cluster is not a reason to restart the process"
+        rss.append(vn.rss_kib())
+        tasks.append(vn.metrics().total("tensile_asyncio_tasks"))
+        for pod in upper.core.list_namespaced_pod(ns).items:
+            if pod.metadata.name in gone:
+                continue
+            assert pod.metadata.deletion_timestamp is None, f"{pod.metadata.name} is being deleted upstairs"
+            assert pod.status.phase in ("Running", "Pending"), f"{pod.metadata.name} turned {pod.status.phase}"
+    print(f"outage {time.monotonic() - stopped:.0f}s: RSS {first[0] / 1024:.1f} -> max {max(rss) / 1024:.1f} "
+          f"-> {rss[-1] / 1024:.1f} MiB over {len(rss)} samples; asyncio tasks {min(tasks):.0f}..{max(tasks):.0f}")
+    growth = (rss[-1] - first[0]) / first[0]
+    assert growth <= 0.10, f"RSS grew {growth:+.1%} during the outage: {rss}"
+    assert max(tasks) <= first[1] + 5, f"asyncio tasks grew during the outage: {tasks}"
+    for name in names[2:]:
+        pod = upper.core.read_namespaced_pod(name, ns)
+        assert pod.status.phase == "Running" and not pod.metadata.deletion_timestamp, (name, pod.status.phase)
+
     lower.start_apiserver()
+    back = time.monotonic()
     cond = wait_for(lambda: (cd := node_condition(upper, VK)) and cd.status == "True" and cd, 60,
                     what="node Ready after the lower apiserver returned")
     assert cond.reason == "KubeletReady"
+    expected = {p.metadata.name: p.metadata.uid for p in upper.core.list_namespaced_pod(ns).items
+                if p.metadata.name not in gone}
+    caught_up = wait_converged(lambda: convergence_problems(upper, lower, ns, expected, VK), back, 120,
+                               "the work queued during the outage done")
+    print(f"caught up {caught_up:.1f}s after the lower apiserver returned")
+    after = {p.metadata.name: p.metadata.uid for p in owned_lower_pods(lower, ns)}
+    assert {n: u for n, u in after.items() if n in before} == {n: u for n, u in before.items() if n not in gone}, (
+        "a lower copy made before the outage was deleted or replaced")
+    assert vn.proc is not None and vn.proc.alive() and vn.proc.pid == pid, "the process was restarted"
+    assert "Traceback" not in vn.log_path.read_text()
 
 
 def test_sigterm_shuts_down_cleanly(
