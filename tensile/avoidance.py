@@ -82,13 +82,17 @@ def present(record: JSON | None, node: str) -> frozenset[str]:
 
 
 def with_present(record: JSON | None, node: str, uids: Iterable[str], now: datetime.datetime) -> dict[str, list[str]]:
-    """The ``present`` entries after ``uids`` were seen on ``node``: added to the node's list while its
-    avoidance is active, a fresh list when it starts again; nodes no longer avoided are dropped."""
+    """The ``present`` entries when a pod is moved away from ``node`` and ``uids`` are the owner's pods there.
+
+    Only the start of an avoidance records them: while it lasts, the list stays as it was, since a
+    pod that arrived in between (a replacement of a pod moved earlier) came back and must not be
+    listed. Nodes no longer avoided are dropped.
+    """
     avoided = set(active(record, now))
     entries = {n: sorted(present(record, n)) for n in avoided}
     entries = {n: u for n, u in entries.items() if u}
-    known = set(entries.get(node, [])) if node in avoided else set()
-    entries[node] = sorted(known | {u for u in uids if u})
+    if node not in avoided:
+        entries[node] = sorted({u for u in uids if u})
     return dict(sorted(entries.items()))
 
 

@@ -222,6 +222,23 @@ async def test_a_sibling_that_was_on_the_node_before_the_record_still_moves_but_
     assert {"uid-web-1", "uid-web-2"} <= avoidance.present(patch, "vk-a")
 
 
+async def test_a_replacement_that_arrived_while_siblings_were_being_evicted_is_not_listed_nor_evicted() -> None:
+    kube = FakeKube()
+    d = _desched(kube, _stuck("web-1"), _stuck("web-2"), options=Options(max_total=1, cooldown=600))
+    assert [o.action for o in await d.run_once(NOW)] == ["evicted", "rate_limited"]
+    seed(d.records, kube.of("POST")[0][1])
+    d.pods.store.pop("ns/web-1")
+    seed(d.pods, _stuck("web-9"))  # web-1's replacement, back on vk-a before web-2 moved
+    outcomes = {o.pod: o.action for o in await d.run_once(NOW)}
+    assert outcomes == {"ns/web-2": "evicted", "ns/web-9": "stayed"}
+    (_, patch), = kube.of("PATCH")
+    assert avoidance.present(patch, "vk-a") == {"uid-web-1", "uid-web-2"}
+    seed(d.records, {**kube.of("POST")[0][1], "data": patch["data"]})
+    d.pods.store.pop("ns/web-2")
+    assert [o.action for o in await d.run_once(NOW)] == ["stayed"]  # web-9, still
+    assert [p for p, _ in kube.of("POST")][2:] == ["/api/v1/namespaces/ns/pods/web-2/eviction"]
+
+
 async def test_a_restart_between_the_record_and_the_eviction_finishes_the_eviction_once() -> None:
     kube = FakeKube()
     first = _desched(kube, _stuck("web-1"))

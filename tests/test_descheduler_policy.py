@@ -143,14 +143,14 @@ def test_avoidance_records_expire_and_merge() -> None:
     assert avoidance.parse({"data": {"avoid": '{"vk-a": "yesterday", "": "2026-01-01T00:00:00Z"}'}}) == {}
 
 
-def test_the_pods_present_when_an_avoidance_began_accumulate_while_it_lasts_and_start_afresh_after() -> None:
+def test_the_pods_present_when_an_avoidance_began_are_kept_while_it_lasts_and_taken_afresh_after() -> None:
     owner = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "rs-1"}
     until = NOW + datetime.timedelta(minutes=10)
     record = avoidance.manifest("ns", owner, avoidance.with_node(None, "vk-a", until, NOW),
                                 avoidance.with_present(None, "vk-a", ["u1", "u2", ""], NOW))
     assert avoidance.present(record, "vk-a") == {"u1", "u2"}
     assert avoidance.present(record, "vk-b") == frozenset()
-    assert avoidance.with_present(record, "vk-a", ["u3"], NOW) == {"vk-a": ["u1", "u2", "u3"]}
+    assert avoidance.with_present(record, "vk-a", ["u3"], NOW) == {"vk-a": ["u1", "u2"]}  # u3 came later
     assert avoidance.with_present(record, "vk-b", ["u4"], NOW) == {"vk-a": ["u1", "u2"], "vk-b": ["u4"]}
     after = until + datetime.timedelta(seconds=1)
     assert avoidance.with_present(record, "vk-a", ["u9"], after) == {"vk-a": ["u9"]}  # a new avoidance
