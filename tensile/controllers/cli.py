@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tensile virtual-node: {exc}", file=sys.stderr)
         return 2
-    from tensile.controllers import runner
+    from tensile.controllers import runner, startup
 
     config = Config(
         node_name=args.nodename,
@@ -291,6 +291,9 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(runner.run(
             config, args.kubeconfig, args.client_kubeconfig, (args.qps, args.burst, args.client_qps, args.client_burst)
         ))
+    except startup.StartupError as exc:
+        print(f"tensile virtual-node: {exc}", file=sys.stderr)
+        return exc.code
     except ApiError as exc:
         print(f"tensile virtual-node: {exc}", file=sys.stderr)
         return 1

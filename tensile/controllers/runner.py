@@ -21,6 +21,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from tensile.controllers import startup
 from tensile.controllers.context import Config, Context, default_node_ip
 from tensile.controllers.copies import LowerCopies
 from tensile.controllers.dependencies import DependencyController
@@ -311,8 +312,13 @@ class VirtualNode:
 
 async def run(config: Config, upper_kubeconfig: str | None, lower_kubeconfig: str, qps: tuple[float, int, float, int]
               ) -> int:
-    upper = await Kube.from_kubeconfig(upper_kubeconfig, qps[0], qps[1], name="upper")
-    lower = await Kube.from_kubeconfig(lower_kubeconfig, qps[2], qps[3], name="lower")
+    # Both kubeconfigs load and both servers answer as Kubernetes, or nothing starts (StartupError).
+    upper = await startup.connect("upper", upper_kubeconfig, qps[0], qps[1])
+    try:
+        lower = await startup.connect("lower", lower_kubeconfig, qps[2], qps[3])
+    except startup.StartupError:
+        await upper.close()
+        raise
     vn = VirtualNode(config, upper, lower)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
