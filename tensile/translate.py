@@ -46,6 +46,12 @@ def is_virtual_node(node: JSON) -> bool:
     return isinstance(labels, dict) and labels.get(c.VIRTUAL_NODE_TYPE_LABEL) == c.VIRTUAL_NODE_TYPE_VALUE
 
 
+def is_daemonset_pod(pod: JSON) -> bool:
+    """A pod a DaemonSet controls: accepted by a virtual node but never copied (see ``pods.py``)."""
+    owners = (pod.get("metadata") or {}).get("ownerReferences") or []
+    return any(o.get("kind") == "DaemonSet" and o.get("controller") for o in owners)
+
+
 def virtual_node_keys(node_labels: dict[str, str]) -> frozenset[str]:
     """The keys only this virtual node satisfies: the fixed ones and every ``--node-label``."""
     return VIRTUAL_NODE_KEYS | frozenset(node_labels)

@@ -99,3 +99,50 @@ async def test_a_claim_copy_lives_as_long_as_the_upper_claim(upper_claim_exists:
     else:
         assert deleted == ["/api/v1/namespaces/ns/persistentvolumeclaims/data"]
         assert [p for p, _ in world.upper.of("GET")] == ["/api/v1/persistentvolumes/pvc-up-data"]
+
+
+def _terminating(p: JSON) -> JSON:
+    return {**p, "metadata": {**p["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+
+
+def _finished(p: JSON) -> JSON:
+    return {**p, "status": {"phase": "Succeeded"}}
+
+
+def _daemonset(p: JSON) -> JSON:
+    owner = {"kind": "DaemonSet", "name": "agent", "controller": True, "apiVersion": "apps/v1", "uid": "ds"}
+    return {**p, "metadata": {**p["metadata"], "ownerReferences": [owner]}}
+
+
+@pytest.mark.parametrize("never_copied", [_terminating, _finished, _daemonset])
+async def test_an_upper_pod_that_will_never_be_copied_gets_no_copies(never_copied: Any) -> None:
+    world = World(gc_delay=0.0)
+    seed(world.ctx.upper_deps["configmaps"], {"metadata": {"name": "settings", "namespace": "ns",
+                                                            "resourceVersion": "1"}, "data": {}})
+    live = world.pod_using("p")
+    # Seen live, then deleted before any worker ran (a virtual node that was stopped meanwhile)...
+    world.deps._on_pod("upper", None, live)
+    world.deps._on_pod("upper", live, never_copied(live))
+    assert KEY not in world.deps.referrers
+    await world.deps.reconcile(KEY)
+    # ...or only ever seen like that: nothing is made downstairs, not even the namespace.
+    world.deps._on_pod("upper", None, never_copied(world.pod_using("q")))
+    assert KEY not in world.deps.referrers
+    await world.deps.reconcile(KEY)
+    assert world.lower.of("POST") == [] and world.lower.of("PUT") == []
+
+
+async def test_a_terminating_upper_pod_keeps_the_copies_its_running_copy_uses() -> None:
+    world = World(gc_delay=0.0)
+    world.copy("configmaps", "settings")
+    upper = world.pod_using("p")
+    lower = {**upper, "metadata": {**upper["metadata"], "labels": world.ctx.owner.labels}}
+    world.deps._on_pod("upper", None, upper)
+    world.deps._on_pod("lower", None, lower)
+    world.deps._on_pod("upper", upper, _terminating(upper))
+    assert world.deps.referrers[KEY] == {"lower:ns/p"}
+    await world.deps.reconcile(KEY)
+    assert world.lower.of("DELETE") == []
+    world.deps._on_pod("lower", lower, None)  # the copy is gone: now the ConfigMap copy may go
+    await world.deps.reconcile(KEY)
+    assert [p for p, _ in world.lower.of("DELETE")] == ["/api/v1/namespaces/ns/configmaps/settings"]

@@ -53,6 +53,23 @@ def split_key(key: str) -> tuple[str, str, str]:
     return resource, ns, name
 
 
+def holds_references(side: str, pod: JSON) -> bool:
+    """Whether what ``pod`` references must be copied (and kept) downstairs.
+
+    A lower copy's references always: it runs on them, or its end is still to be read. An upper
+    pod's only while it may still be copied: a terminating or finished one never is (again), and
+    what its copy uses, if it has one, the copy holds; a DaemonSet pod never is (see ``pods.py``).
+    Without this a pod deleted before it was copied had its ConfigMaps copied, and the lower
+    namespace made (which tensile never deletes), for a pod that would never run there.
+    """
+    if side == "lower":
+        return True
+    meta = pod.get("metadata") or {}
+    phase = (pod.get("status") or {}).get("phase")
+    return not meta.get("deletionTimestamp") and phase not in ("Succeeded", "Failed") and not (
+        translate.is_daemonset_pod(pod))
+
+
 class DependencyController:
     def __init__(self, ctx: Context, copies: LowerCopies) -> None:
         self.ctx = ctx
@@ -83,7 +100,8 @@ class DependencyController:
         source = f"{side}:{key}"
         # Keys are the upper objects': a lower copy's references are read in its upper namespace.
         upper_ns = key.split("/", 1)[0]
-        refs = {r.key for r in deps.pod_dependencies(new, namespace=upper_ns)} if new is not None else set()
+        refs = {r.key for r in deps.pod_dependencies(new, namespace=upper_ns)} if (
+            new is not None and holds_references(side, new)) else set()
         before = self._refs_of.get(source, set())
         if refs == before:
             return

@@ -69,10 +69,6 @@ def _api_message(exc: ApiError) -> str:
     return str(exc.body.get("message") or exc.message)
 
 
-def is_daemonset_pod(pod: JSON) -> bool:
-    return any(o.get("kind") == "DaemonSet" and o.get("controller") for o in meta_of(pod).get("ownerReferences") or [])
-
-
 class PodController:
     def __init__(self, ctx: Context, deps_ctl: DependencyController, namespaces: NamespaceEnsurer) -> None:
         self.ctx = ctx
@@ -204,7 +200,7 @@ class PodController:
             return None
         if meta_of(upper).get("deletionTimestamp"):
             return await self._terminate(key, upper, lower)
-        if is_daemonset_pod(upper):
+        if translate.is_daemonset_pod(upper):
             await self._accept_without_copy(key, upper)
             return None
         if lower is None:
