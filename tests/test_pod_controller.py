@@ -123,6 +123,31 @@ async def test_a_missing_configmap_holds_the_pod_as_a_kubelet_would(world: World
     assert sorted(await world.events()) == ["MandatoryConfigMapNotFound", "OptionalConfigMapNotFound"]
 
 
+async def test_a_dependency_copy_the_lower_cluster_refuses_holds_the_pod_with_one_event(world: World) -> None:
+    up = world.upper_pod()
+    up["spec"]["volumes"] = [{"name": "v", "configMap": {"name": "filled"}}]
+    world.deps._on_pod("upper", None, up)
+    filled = {"metadata": {"name": "filled", "namespace": "ns", "resourceVersion": "1"}, "data": {"k": "v"}}
+    seed(world.ctx.upper_deps["configmaps"], filled)
+    too_long = "ConfigMap \"filled\" is invalid: metadata.annotations: Too long: may not be more than 262144 bytes"
+    world.lower.answer("POST", "/api/v1/namespaces/ns/configmaps",
+                       ApiError(422, "Invalid", "POST: invalid", {"message": too_long}))
+    delays = [await world.pods.reconcile("ns/p") for _ in range(2)]
+    assert delays == [5.0, 10.0]  # held and looked at again slowly, not retried as an error
+    assert [p for p, _ in world.lower.of("POST")] == ["/api/v1/namespaces/ns/configmaps"] * 2
+    waiting = world.status_patches()[0]["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting == {"reason": "CreateContainerConfigError",
+                       "message": f'lower cluster low refused the copy of configmap "filled": {too_long}'}
+    assert await world.events() == ["DependencyRefused"]
+    # The dependency worker does not retry it either; a change of the upper object does, and releases the pod.
+    assert await world.deps.reconcile("configmaps/ns/filled") is None
+    changed = {**filled, "metadata": {**filled["metadata"], "resourceVersion": "2"}}
+    assert len(world.pods.queue) == 0
+    seed(world.ctx.upper_deps["configmaps"], changed)
+    world.ctx.upper_deps["configmaps"]._notify(filled, changed)
+    assert len(world.pods.queue) == 1 and await world.pods.queue.get() == "ns/p"
+
+
 async def test_status_flows_up_while_the_lower_cluster_refuses_spec_updates(world: World) -> None:
     up = world.upper_pod()
     low = world.lower_copy(up)

@@ -35,6 +35,7 @@ from tensile import dependencies as deps
 from tensile import translate
 from tensile.controllers.context import Context
 from tensile.controllers.copies import LowerCopies, SyncResult
+from tensile.controllers.namespaces import is_terminating_error
 from tensile.kube.client import JSON, path
 from tensile.kube.errors import ApiError
 from tensile.kube.informer import Handler, key_of
@@ -46,11 +47,19 @@ log = logging.getLogger("tensile.dependencies")
 
 #: What a pod can depend on; Services are handled by the service controller.
 RESOURCES = ("configmaps", "secrets", "persistentvolumeclaims", "serviceaccounts")
+#: Answers that mean "the lower cluster will not do this", as opposed to "try again".
+REFUSED = (400, 403, 422)
 
 
 def split_key(key: str) -> tuple[str, str, str]:
     resource, ns, name = key.split("/", 2)
     return resource, ns, name
+
+
+def refused(exc: ApiError) -> bool:
+    """The lower cluster will not take this copy as it is (invalid there, or a policy says no), as
+    opposed to "try again": a namespace being deleted is only a wait."""
+    return exc.status in REFUSED and not is_terminating_error(exc)
 
 
 def holds_references(side: str, pod: JSON) -> bool:
@@ -174,7 +183,15 @@ class DependencyController:
     async def reconcile(self, key: str) -> float | None:
         resource, ns, name = split_key(key)
         if key in self.referrers:
-            await self.sync(deps.Ref(resource, ns, name))
+            try:
+                await self.sync(deps.Ref(resource, ns, name))
+            except ApiError as exc:
+                if not refused(exc):
+                    raise
+                # The same copy is refused until the upper object changes, which queues it again; the
+                # pods that need it are held with the lower cluster's answer (pods.py).
+                log.warning("lower cluster refused the copy: %s", exc.message,
+                            extra=fields(key, kind="object", cluster=self.ctx.config.cluster_id))
             return None
         if await self._claim_kept(resource, ns, name):
             if not self.ctx.config.node_credentials:

@@ -38,7 +38,7 @@ from tensile import conventions as c
 from tensile import dependencies as deps
 from tensile import origin, pod_status, timestamps, translate
 from tensile.controllers.context import Context
-from tensile.controllers.dependencies import RESOURCES, DependencyController
+from tensile.controllers.dependencies import REFUSED, RESOURCES, DependencyController, refused
 from tensile.controllers.metrics import VirtualNodeMetrics
 from tensile.controllers.namespaces import NamespaceEnsurer, NamespaceTerminatingError, is_terminating_error
 from tensile.kube.client import JSON, STRATEGIC_PATCH, path
@@ -55,8 +55,6 @@ TERMINAL = ("Succeeded", "Failed")
 #: appearing upstairs releases the pod at once, so the recheck is only a safety net.
 HELD_RECHECK = 5.0
 HELD_MAX = 300.0
-#: Answers that mean "the lower cluster will not do this", as opposed to "try again".
-REFUSED = (400, 403, 422)
 #: Why a DaemonSet pod has no copy.
 NOT_COPIED_REASON = "DaemonSetPodNotCopied"
 
@@ -131,8 +129,9 @@ class PodController:
 
     def _dependency_handler(self, resource: str) -> Callable[[JSON | None, JSON | None], None]:
         def on_dependency(old: JSON | None, new: JSON | None) -> None:
-            """A dependency appeared upstairs: release the pods held for it (found by index, not by scan)."""
-            if old is not None or new is None:
+            """A dependency appeared or changed upstairs: release the pods held for it (found by index, not
+            by scan). A change matters too: a copy the lower cluster refused may be accepted now."""
+            if new is None:
                 return
             for source in self.deps.referrers.get(f"{resource}/{key_of(new)}", ()):
                 side, _, key = source.partition(":")
@@ -425,10 +424,19 @@ class PodController:
         """Create what the pod needs; True when the pod must wait (its status and an Event say why)."""
         problems: list[tuple[str, str]] = []
         for ref in deps.pod_dependencies(desired, namespace=key.split("/", 1)[0]):
-            result = await self.deps.sync(ref)
+            kind = ref.resource[:-1]  # "configmap", "secret": the kubelet's wording
+            try:
+                result = await self.deps.sync(ref)
+            except ApiError as exc:
+                if not refused(exc):
+                    raise
+                # Refused downstairs (annotations that leave no room for tensile's, a policy): the
+                # same copy is refused until something changes; a change of the object releases the pod.
+                problems.append(("DependencyRefused", f'lower cluster {self.cluster} refused the copy of {kind} '
+                                                      f'"{ref.name}": {_api_message(exc)}'))
+                continue
             if result == "ok":
                 continue
-            kind = ref.resource[:-1]  # "configmap", "secret": the kubelet's wording
             if result == "missing" and ref.optional:
                 reason = pod_status.REASON_OPTIONAL.get(ref.resource, "OptionalDependencyNotFound")
                 self._warn_once(upper, f"optional:{ref.key}", reason, f'{kind} "{ref.name}" not found')
