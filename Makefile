@@ -52,14 +52,16 @@ lint: $(STAMP)
 	$(PY) -m ruff check tensile webhook scheduler descheduler topology e2e tests bench deploy
 	$(PY) -m mypy
 	$(PY) -m mypy deploy/render.py
+	$(PY) -m mypy --explicit-package-bases bench/pods.py bench/report.py
 	$(VENV)/bin/lint-imports
 
 ## Local upper + lower clusters, the virtual node and the webhook, a sample workload.
 demo: binaries
 	$(PY) -m e2e.demo
 
+## BENCH_ARGS go to bench/pods.py, e.g. BENCH_ARGS="--pods 1000,5000,10000 --profile py-spy".
 bench: binaries
-	$(PY) bench/pods.py
+	$(PY) -m bench.pods $(BENCH_ARGS)
 	$(PY) bench/scheduler.py
 	$(PY) -m bench.kubelet
 	$(PY) -m bench.descheduler
