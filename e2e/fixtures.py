@@ -106,12 +106,17 @@ def cluster_pair() -> Iterator[tuple[LocalCluster, LocalCluster]]:
         _stop(upper)
 
 
+#: The virtual node's flags in ``federation``; a module may set its own as ``FEDERATION_ARGS``.
+FEDERATION_ARGS = ["--lower-unreachable-grace=5"]
+
+
 @pytest.fixture(scope="module")
-def federation(cluster_pair: tuple[LocalCluster, LocalCluster]) -> Iterator[tuple[LocalCluster, LocalCluster,
-                                                                                    VirtualNodeProcess]]:
+def federation(request: pytest.FixtureRequest, cluster_pair: tuple[LocalCluster, LocalCluster]
+               ) -> Iterator[tuple[LocalCluster, LocalCluster, VirtualNodeProcess]]:
     """The pair with a virtual node ``vk-lower`` running between them."""
     upper, lower = cluster_pair
-    vn = VirtualNodeProcess(upper, lower, "vk-lower", extra_args=["--lower-unreachable-grace=5"])
+    args = list(getattr(request.module, "FEDERATION_ARGS", FEDERATION_ARGS))
+    vn = VirtualNodeProcess(upper, lower, "vk-lower", extra_args=args)
     vn.start()
     _LIVE_VNODES.append(vn)
     try:
