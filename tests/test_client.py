@@ -9,12 +9,18 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 from kubernetes_asyncio.client import Configuration
+from prometheus_client import CollectorRegistry
 
-from tensile.kube.client import Kube, TokenBucket
+from tensile.kube.client import MAX_RETRIES, RETRY_AFTER_CAP, RETRY_JITTER, Kube, TokenBucket
 from tensile.kube.errors import ApiError
+from tensile.kube.metrics import ApiMetrics
 from tests.fakes import http_server
 
 TOKENS = web.AppKey("tokens", list)
+#: Answers the throttling server gives, in order, before it answers 200: (status, headers).
+SCRIPT = web.AppKey("script", list)
+#: Methods the throttling server was asked with, in order.
+SEEN = web.AppKey("seen", list)
 
 
 @pytest.fixture
@@ -142,3 +148,150 @@ def test_kubeconfig_proxy_url_and_tls_server_name_are_honoured() -> None:
     cfg.tls_server_name = "kubernetes.default.svc"
     assert Kube(cfg)._route() == {"proxy": "http://proxy.internal:3128", "server_hostname": "kubernetes.default.svc"}
     assert Kube(config("https://10.1.2.3:6443", "t"))._route() == {}
+
+
+# --- 429 and Retry-After ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def throttling() -> AsyncIterator[tuple[str, web.Application]]:
+    """A stand-in apiserver that answers what ``app[SCRIPT]`` says, then 200."""
+    app = web.Application()
+    app[SCRIPT], app[SEEN] = [], []
+
+    async def handle(request: web.Request) -> web.Response:
+        app[SEEN].append(request.method)
+        if app[SCRIPT]:
+            status, headers = app[SCRIPT].pop(0)
+            return web.json_response({"kind": "Status", "code": status, "reason": f"Code{status}",
+                                      "message": "scripted"}, status=status, headers=headers)
+        return web.json_response({"metadata": {"name": "p"}})
+
+    app.router.add_route("*", "/api/v1/namespaces/ns/pods", handle)
+    app.router.add_route("*", "/api/v1/namespaces/ns/pods/p", handle)
+    async with http_server(app) as url:
+        yield url, app
+
+
+def recording_kube(url: str) -> tuple[Kube, list[float]]:
+    """A client whose retry waits are recorded instead of slept."""
+    kube = Kube(config(url, "fresh"))
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    kube.sleep, kube.jitter = sleep, lambda: 0.0
+    return kube, waits
+
+
+async def test_a_429_is_sent_again_after_its_retry_after_and_counted(
+    throttling: tuple[str, web.Application],
+) -> None:
+    url, app = throttling
+    app[SCRIPT].extend([(429, {"Retry-After": "1"}), (429, {"Retry-After": "3"})])
+    kube, waits = recording_kube(url)
+    kube.metrics = ApiMetrics(CollectorRegistry())
+    try:
+        assert await kube.patch("/api/v1/namespaces/ns/pods/p", {"metadata": {"labels": {"a": "b"}}}) == {
+            "metadata": {"name": "p"}}
+        assert waits == [1.0, 3.0]  # the server's word, not a guess
+        assert app[SEEN] == ["PATCH"] * 3
+        assert kube.retries == 2
+        assert kube.metrics.retries.labels("", "PATCH", "429")._value.get() == 2
+    finally:
+        await kube.close()
+
+
+async def test_a_refused_create_is_sent_again_since_a_429_did_nothing(
+    throttling: tuple[str, web.Application],
+) -> None:
+    url, app = throttling
+    app[SCRIPT].append((429, {"Retry-After": "1"}))
+    kube, waits = recording_kube(url)
+    try:
+        assert (await kube.create("/api/v1/namespaces/ns/pods", {"metadata": {"name": "p"}}))["metadata"]
+        assert app[SEEN] == ["POST", "POST"] and waits == [1.0]
+    finally:
+        await kube.close()
+
+
+async def test_retry_waits_are_capped_jittered_and_back_off_without_a_retry_after(
+    throttling: tuple[str, web.Application],
+) -> None:
+    url, app = throttling
+    app[SCRIPT].extend([(429, {"Retry-After": "3600"}), (429, {}), (429, {"Retry-After": "0"}), (429, {})])
+    kube, waits = recording_kube(url)
+    kube.jitter = lambda: 0.5
+    try:
+        await kube.get("/api/v1/namespaces/ns/pods/p")
+        assert waits[0] == pytest.approx(RETRY_AFTER_CAP * (1 + RETRY_JITTER * 0.5))  # an hour is not waited for
+        assert 0 < waits[1] < waits[2] < waits[3] < RETRY_AFTER_CAP  # no Retry-After: a short, growing backoff
+    finally:
+        await kube.close()
+
+
+async def test_a_5xx_is_retried_only_with_a_retry_after(throttling: tuple[str, web.Application]) -> None:
+    url, app = throttling
+    app[SCRIPT].extend([(503, {"Retry-After": "2"}), (500, {})])
+    kube, waits = recording_kube(url)
+    try:
+        with pytest.raises(ApiError) as err:
+            await kube.get("/api/v1/namespaces/ns/pods/p")
+        assert err.value.status == 500
+        assert waits == [2.0] and app[SEEN] == ["GET", "GET"]
+    finally:
+        await kube.close()
+
+
+async def test_gives_up_after_the_retry_bound_and_raises_the_429(throttling: tuple[str, web.Application]) -> None:
+    url, app = throttling
+    app[SCRIPT].extend([(429, {"Retry-After": "1"})] * (MAX_RETRIES + 5))
+    kube, waits = recording_kube(url)
+    try:
+        with pytest.raises(ApiError) as err:
+            await kube.replace("/api/v1/namespaces/ns/pods/p", {"metadata": {"name": "p"}})
+        assert err.value.status == 429 and err.value.retry_after == 1.0
+        assert len(app[SEEN]) == MAX_RETRIES + 1 and len(waits) == MAX_RETRIES
+        assert kube.retries == MAX_RETRIES
+    finally:
+        await kube.close()
+
+
+async def test_no_retry_starts_past_the_calls_timeout(throttling: tuple[str, web.Application]) -> None:
+    url, app = throttling
+    app[SCRIPT].extend([(429, {"Retry-After": "1"}), (429, {"Retry-After": "5"})])
+    kube, waits = recording_kube(url)
+    try:
+        with pytest.raises(ApiError) as err:
+            await kube.get("/api/v1/namespaces/ns/pods/p", timeout=3.0)
+        assert err.value.status == 429 and waits == [1.0]  # a 5 s wait would end past the 3 s budget
+    finally:
+        await kube.close()
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 409, 422])
+async def test_other_client_errors_are_not_retried(throttling: tuple[str, web.Application], status: int) -> None:
+    url, app = throttling
+    app[SCRIPT].append((status, {"Retry-After": "1"}))
+    kube, waits = recording_kube(url)
+    try:
+        with pytest.raises(ApiError) as err:
+            await kube.patch("/api/v1/namespaces/ns/pods/p", {"metadata": {}})
+        assert err.value.status == status
+        assert app[SEEN] == ["PATCH"] and waits == [] and kube.retries == 0
+    finally:
+        await kube.close()
+
+
+async def test_a_write_refused_by_the_leader_fence_is_not_retried(throttling: tuple[str, web.Application]) -> None:
+    url, app = throttling
+    kube, waits = recording_kube(url)
+    kube.may_write = lambda: False
+    try:
+        with pytest.raises(ApiError) as err:
+            await kube.patch("/api/v1/namespaces/ns/pods/p", {"metadata": {}})
+        assert err.value.not_leader
+        assert app[SEEN] == [] and waits == []
+    finally:
+        await kube.close()

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -111,6 +112,26 @@ REAUTH_MIN_INTERVAL = 5.0
 #: Verbs that only read: always allowed, leader or not.
 READ_VERBS = frozenset({"GET", "HEAD", "WATCH"})
 USER_AGENT = "tensile/0.1.0"
+#: client-go's default: a request the server asked to repeat (``ApiError.retryable``) is sent again at
+#: most this many times, then its error is raised.
+MAX_RETRIES = 10
+#: A ``Retry-After`` longer than this is waited for this long only (a proxy asking for an hour).
+RETRY_AFTER_CAP = 10.0
+#: Without a ``Retry-After`` (or with 0: a 429 from a proxy), retry n waits ``RETRY_BASE * 2**(n-1)``
+#: (capped): not a tight loop.
+RETRY_BASE = 0.1
+#: Each wait is stretched by up to this fraction at random (client-go's JitterFactor, as the
+#: leader election's waits): workers refused together do not all come back in the same instant.
+RETRY_JITTER = 0.2
+
+
+def retry_delay(retry_after: float | None, attempt: int, jitter: float) -> float:
+    """How long to wait before retry ``attempt`` (1-based); ``jitter`` in [0, 1).
+
+    The server's ``Retry-After`` is honoured as it is (client-go waits exactly that), never less.
+    """
+    base = retry_after if retry_after else RETRY_BASE * 2 ** (attempt - 1)
+    return min(RETRY_AFTER_CAP, base) * (1 + RETRY_JITTER * jitter)
 
 
 class Kube:
@@ -119,6 +140,14 @@ class Kube:
     On 401 Unauthorized the credentials are loaded again (a kubeconfig whose
     token was rotated, or whose exec plugin hands out short-lived tokens) and
     the request is tried once more.
+
+    On 429 Too Many Requests (or a 5xx with ``Retry-After``) the request is sent
+    again after the server's ``Retry-After``, as client-go does: at most
+    ``MAX_RETRIES`` times, and never starting later than the call's
+    ``timeout`` after it began; then the error is raised. A 429 was refused
+    before any work, so even a POST is safe to repeat; a write repeated after
+    a 5xx meets the optimistic concurrency every caller handles (409).
+    Watches and streams are not retried here: their callers reconnect.
     """
 
     def __init__(
@@ -134,6 +163,11 @@ class Kube:
         self._last_reauth = 0.0
         self.requests = 0
         self.reauths = 0
+        #: Requests sent again because the server asked (429, 5xx with Retry-After).
+        self.retries = 0
+        #: How retries wait, and the jitter they wait with (replaced in unit tests).
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self.jitter: Callable[[], float] = random.random
         #: Where requests are counted and timed (set by the component that owns the registry).
         self.metrics: ApiMetrics | None = None
         #: The leader-election fence: a write is sent only while this says yes (see ``tensile.kube.leader``).
@@ -258,12 +292,32 @@ class Kube:
         timeout: float = 30.0,
     ) -> JSON:
         """One API call. Returns the decoded body; raises :class:`ApiError` on failure."""
-        try:
-            return await self._request(method, url_path, params, body, content_type, timeout)
-        except ApiError as exc:
-            if exc.status == 401 and await self.reauthenticate():
+        started = time.monotonic()
+        reauthenticated = False
+        attempt = 0
+        while True:
+            try:
                 return await self._request(method, url_path, params, body, content_type, timeout)
-            raise
+            except ApiError as exc:
+                if exc.status == 401 and not reauthenticated and await self.reauthenticate():
+                    reauthenticated = True
+                    continue
+                if not exc.retryable or attempt >= MAX_RETRIES:
+                    raise
+                delay = retry_delay(exc.retry_after, attempt + 1, self.jitter())
+                if time.monotonic() - started + delay > timeout:
+                    raise
+                attempt += 1
+                self._retrying(method, url_path, exc, attempt, delay)
+                await self.sleep(delay)
+
+    def _retrying(self, method: str, url_path: str, exc: ApiError, attempt: int, delay: float) -> None:
+        self.retries += 1
+        if self.metrics is not None:
+            self.metrics.retries.labels(self.name, method, str(exc.status)).inc()
+        log.log(V(4), "%s %s answered %s (Retry-After %s): retry %d in %.2fs", method, url_path, exc.status,
+                "none" if exc.retry_after is None else f"{exc.retry_after:g}s", attempt, delay,
+                extra={"cluster": self.name})
 
     async def _request(
         self,
@@ -302,7 +356,7 @@ class Kube:
                 code = resp.status
                 raw = await resp.read()
                 if resp.status >= 400:
-                    raise ApiError.from_response(resp.status, raw, method, url_path)
+                    raise ApiError.from_response(resp.status, raw, method, url_path, resp.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if write and self.may_write is not None and not self.may_write():
                 raise _not_leader(method, url_path) from exc  # the fenced body refused to go out
@@ -369,7 +423,8 @@ class Kube:
             ) as resp:
                 self._observe("GET", url_path, resp.status, time.monotonic() - started)
                 if resp.status >= 400:
-                    raise ApiError.from_response(resp.status, await resp.content.read(64 * 1024), "GET", url_path)
+                    raise ApiError.from_response(resp.status, await resp.content.read(64 * 1024), "GET", url_path,
+                                                 resp.headers)
                 yield resp
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ApiError.connection(exc, "GET", url_path) from exc
@@ -424,7 +479,7 @@ class Kube:
                 if resp.status >= 400:
                     if resp.status == 401:
                         await self.reauthenticate()  # the informer's retry uses the new credentials
-                    raise ApiError.from_response(resp.status, await resp.read(), "WATCH", url_path)
+                    raise ApiError.from_response(resp.status, await resp.read(), "WATCH", url_path, resp.headers)
                 buf = b""
                 async for chunk in resp.content.iter_any():
                     buf += chunk

@@ -21,6 +21,12 @@ Two replicas of one component must not both write. Each replica runs a
   earliest ``lease_duration`` after it saw the last renewal, so
   ``lease_duration - renew_deadline`` is the margin for clock rates and the
   microseconds between the last check and the kernel taking the bytes.
+- **throttling**: the Lease has a client of its own (its own rate limiter and
+  connections), so renewals never queue behind the component's work. An
+  apiserver that answers 429 is asked again after its ``Retry-After`` inside
+  ``Kube``, but each call here (read, write) stops retrying at
+  ``renew_deadline``, as client-go's renew context does: the renew loop
+  always gets to see its deadline pass.
 - **release**: a leader that stops cleanly empties the Lease (client-go's
   ``ReleaseOnCancel``), so a follower takes over at once instead of after
   the lease duration.
@@ -178,14 +184,16 @@ class LeaderElector:
         body = {"apiVersion": GROUP_VERSION, "kind": "Lease",
                 "metadata": {**meta, "resourceVersion": self.observed_rv},
                 "spec": {**spec, **self._desired(spec, renewing)}}
-        return await self._write("writing", self.kube.replace(self.lease_path, body), sent)
+        return await self._write("writing", self.kube.request(
+            "PUT", self.lease_path, body=body, timeout=self.config.renew_deadline), sent)
 
     async def _create(self, sent: float) -> bool:
         body = {"apiVersion": GROUP_VERSION, "kind": "Lease",
                 "metadata": {"name": self.config.name, "namespace": self.config.namespace},
                 "spec": self._desired({}, renewing=False)}
         leases = path("leases", self.config.namespace, group_version=GROUP_VERSION)
-        return await self._write("creating", self.kube.create(leases, body), sent)
+        return await self._write("creating", self.kube.request(
+            "POST", leases, body=body, timeout=self.config.renew_deadline), sent)
 
     async def _write(self, what: str, request: Awaitable[JSON], sent: float) -> bool:
         """True when the Lease is ours now; a conflict (another candidate won) is no failure."""

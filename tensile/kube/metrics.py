@@ -97,6 +97,10 @@ class ApiMetrics:
         self.reauths = Counter(
             "tensile_api_reauthentications_total", "Credentials reloaded after a 401 Unauthorized.",
             ["cluster"], registry=registry)
+        self.retries = Counter(
+            "tensile_api_retries_total", "Requests sent again because the server asked to be asked again "
+            "(429 Too Many Requests, or a 5xx with Retry-After), by cluster, verb and the code that asked.",
+            ["cluster", "verb", "code"], registry=registry)
 
     def observe(self, cluster: str, verb: str, code: int, seconds: float) -> None:
         self.requests.labels(cluster, verb, str(code)).inc()
