@@ -25,7 +25,10 @@ def test_cli_prints_the_error_and_exits_2(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(binaries, "network_available", lambda *a, **k: False)
     assert binaries.main(["--no-download"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err
+    assert "Traceback" not in err
+    progress, sep, _ = err.partition("error: ")
+    assert sep, f"no error line in {err!r}"
+    assert all("obtaining" in line for line in progress.splitlines()), "only progress lines come before the error"
 
 
 def test_tensile_k8s_bin_must_hold_all_five(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -101,7 +101,7 @@ def test_lower_apiserver_outage_keeps_every_pod_and_memory_flat_then_catches_up(
         upper.core.create_namespaced_pod(ns, pod_manifest(name))
     for name in names:
         wait_pod_running(upper, ns, name, timeout=120)
-    before = {p.metadata.name: p.metadata.uid for p in owned_lower_pods(lower, ns)}
+    before = {str(p.metadata.name): str(p.metadata.uid) for p in owned_lower_pods(lower, ns)}
     assert sorted(before) == sorted(names)
 
     assert vn.proc is not None
@@ -151,7 +151,7 @@ def test_lower_apiserver_outage_keeps_every_pod_and_memory_flat_then_catches_up(
     caught_up = wait_converged(lambda: convergence_problems(upper, lower, ns, expected, VK), back, 120,
                                "the work queued during the outage done")
     print(f"caught up {caught_up:.1f}s after the lower apiserver returned")
-    after = {p.metadata.name: p.metadata.uid for p in owned_lower_pods(lower, ns)}
+    after = {str(p.metadata.name): str(p.metadata.uid) for p in owned_lower_pods(lower, ns)}
     assert {n: u for n, u in after.items() if n in before} == {n: u for n, u in before.items() if n not in gone}, (
         "a lower copy made before the outage was deleted or replaced")
     assert vn.proc is not None and vn.proc.alive() and vn.proc.pid == pid, "the process was restarted"
