@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +36,12 @@ def port_in_use_error(log_text: str) -> bool:
     return "address already in use" in log_text.lower()
 
 
+#: Every log a harness process of this interpreter wrote to, for checks that read them all
+#: (``e2e.secretscan``); and the processes themselves, while something holds them.
+LOGS: set[Path] = set()
+STARTED: weakref.WeakSet[Process] = weakref.WeakSet()
+
+
 class Process:
     def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
@@ -44,6 +51,8 @@ class Process:
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        LOGS.add(self.log_path)
+        STARTED.add(self)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== start: {' '.join(self.argv)}\n".encode())

@@ -37,6 +37,7 @@ from e2e.kube_helpers import (
 from e2e.kwok import NodeSpec
 from e2e.process import free_port
 from e2e.schedulerproc import SchedulerProcess, kube_scheduler_config
+from e2e.secretscan import secret_value
 from e2e.tests.test_join import tensile
 from e2e.virtualnode import VirtualNodeProcess
 from e2e.webhookproc import WebhookProcess
@@ -142,7 +143,7 @@ def test_every_component_passes_its_main_scenario_under_the_charts_roles(federat
     # The descheduler moves a bare pod that vk-a copied (with its ConfigMap and Secret) but lower A
     # cannot start; the extender places the recreated pod on vk-b.
     f.upper.core.create_namespaced_config_map(ns, {"metadata": {"name": "cfg"}, "data": {"k": "v"}})
-    f.upper.core.create_namespaced_secret(ns, {"metadata": {"name": "pw"}, "stringData": {"p": "s3cr3t-lp"}})
+    f.upper.core.create_namespaced_secret(ns, {"metadata": {"name": "pw"}, "stringData": {"p": secret_value("lp")}})
     body = pod_manifest("lonely", node_name="vk-a", volumes=[{"name": "c", "configMap": {"name": "cfg"}},
                                                              {"name": "s", "secret": {"secretName": "pw"}}])
     f.upper.core.create_namespaced_pod(ns, body)

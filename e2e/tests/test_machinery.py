@@ -29,6 +29,7 @@ from e2e.cluster import LocalCluster, wait_for
 from e2e.fixtures import LOWER_NODES, UPPER_NODES
 from e2e.kube_helpers import StaticTokens, create_namespace, pod_manifest, unique, wait_pod_running
 from e2e.kwok import NodeSpec
+from e2e.secretscan import secret_value
 from e2e.virtualnode import VirtualNodeProcess
 from tensile import conventions as c
 
@@ -242,8 +243,9 @@ def test_the_virtual_node_runs_with_a_kubelets_credentials(
     create_namespace(upper, ns)
     core = upper.core
     core.create_namespaced_config_map(ns, {"metadata": {"name": "cfg"}, "data": {"mode": "blue"}})
-    core.create_namespaced_secret(ns, {"metadata": {"name": "pw"}, "stringData": {"p": "hunter2"}})
-    core.create_namespaced_secret(ns, {"metadata": {"name": "unrelated"}, "stringData": {"p": "nope"}})
+    core.create_namespaced_secret(ns, {"metadata": {"name": "pw"}, "stringData": {"p": secret_value("pw")}})
+    core.create_namespaced_secret(ns, {"metadata": {"name": "unrelated"},
+                                       "stringData": {"p": secret_value("unrelated")}})
     core.create_namespaced_service(ns, {"metadata": {"name": "web"}, "spec": {
         "selector": {"app": "web"}, "ports": [{"port": 80}]}})
     core.create_namespaced_pod(ns, pod_manifest("web", labels={"app": "web"}, containers=[{

@@ -39,6 +39,7 @@ from e2e.kube_helpers import (
 from e2e.kwok import NodeSpec
 from e2e.process import free_port
 from e2e.schedulerproc import SchedulerProcess, kube_scheduler_config
+from e2e.secretscan import secret_value
 from e2e.virtualnode import VirtualNodeProcess
 from e2e.webhookproc import WebhookProcess
 from tensile import conventions as c
@@ -104,11 +105,12 @@ def test_two_uppers_share_a_lower_cluster_in_suffixed_mode(shared_lower: SharedL
          VirtualNodeProcess(west, lower, "vk-west-sfx", extra_args=[
             "--namespace-mapping=suffixed", "--upper-cluster-name=west", "--dependency-gc-delay=1",
             "--flat-network"]) as vk_west:
+        tokens = {"blue": secret_value("blue"), "green": secret_value("green")}
         for upper, vk, colour in ((east, vk_east, "blue"), (west, vk_west, "green")):
             create_namespace(upper, ns)
             upper.core.create_namespaced_config_map(ns, _configmap("app-config", {"colour": colour}))
             upper.core.create_namespaced_secret(ns, {"metadata": {"name": "app-secret"},
-                                                     "stringData": {"TOKEN": colour}})
+                                                     "stringData": {"TOKEN": tokens[colour]}})
             upper.core.create_namespaced_service(ns, _service("shop", {"app": "shop"}))
             upper.apps.create_namespaced_deployment(ns, _reads_config("shop", {"app": "shop"}, vk.name))
         for upper in (east, west):
@@ -125,7 +127,7 @@ def test_two_uppers_share_a_lower_cluster_in_suffixed_mode(shared_lower: SharedL
             assert lower.core.read_namespace(lower_ns).metadata.annotations[c.UPPER_NAMESPACE_ANNOTATION] == ns
             secret = wait_for(partial(get_or_none, lower.core.read_namespaced_secret, "app-secret", lower_ns), 30,
                               what=f"Secret copy in {lower_ns}")
-            assert base64.b64decode(secret.data["TOKEN"]).decode() == colour
+            assert base64.b64decode(secret.data["TOKEN"]).decode() == tokens[colour]
             svc = wait_for(partial(get_or_none, lower.core.read_namespaced_service, "shop", lower_ns), 30,
                            what=f"Service copy in {lower_ns}")
             assert svc.metadata.annotations[c.UPPER_NAMESPACE_ANNOTATION] == ns

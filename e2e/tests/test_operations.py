@@ -7,7 +7,6 @@ import concurrent.futures
 import datetime
 import json
 import os
-import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from e2e.fixtures import LOWER_NODES, UPPER_NODES
 from e2e.kube_helpers import create_namespace, pod_manifest, unique
 from e2e.kwok import NodeSpec
 from e2e.metrics import Samples
+from e2e.secretscan import secret_value
 from e2e.virtualnode import VirtualNodeProcess
 from tensile import conventions as c
 from tensile import quantity
@@ -79,7 +79,7 @@ def test_metrics_after_a_50_pod_sync_match_what_happened_and_logs_never_show_sec
     vn = make_virtual_node(upper, lower, VK, extra_args=["-v", "6", "--log-format", "json"])
     ns = unique("metrics")
     create_namespace(upper, ns)
-    password = "s3cr3t-" + secrets.token_hex(8)
+    password = secret_value("password")
     upper.core.create_namespaced_secret(ns, {"metadata": {"name": "creds"}, "stringData": {"password": password}})
     before = vn.metrics()
     env = [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}]

@@ -31,6 +31,7 @@ from e2e.kube_helpers import (
     wait_pod_running,
 )
 from e2e.kwok import EXIT_CODE_ANNOTATION, SIMULATE_LABEL
+from e2e.secretscan import secret_value
 from e2e.virtualnode import VirtualNodeProcess
 from tensile import conventions as c
 
@@ -494,7 +495,7 @@ def test_recreate_rollout_never_loses_a_copy_its_new_pods_need(federation: Fed, 
 def test_lower_namespace_deleted_out_of_band_is_made_again_with_every_copy(federation: Fed, ns: str) -> None:
     upper, lower, _ = federation
     upper.core.create_namespaced_config_map(ns, {"metadata": {"name": "cfg"}, "data": {"a": "1"}})
-    upper.core.create_namespaced_secret(ns, {"metadata": {"name": "sec"}, "stringData": {"p": "x"}})
+    upper.core.create_namespaced_secret(ns, {"metadata": {"name": "sec"}, "stringData": {"p": secret_value("p")}})
     upper.core.create_namespaced_service(ns, {"metadata": {"name": "svc"}, "spec": {
         "selector": {"app": "ns"}, "ports": [{"port": 80}]}})
     upper.apps.create_namespaced_deployment(ns, deployment_manifest("ns", 1, {"app": "ns"}, volumes=[

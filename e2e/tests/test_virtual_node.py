@@ -25,6 +25,7 @@ from e2e.kube_helpers import (
     wait_pod_running,
 )
 from e2e.kwok import NodeSpec
+from e2e.secretscan import secret_value
 from e2e.virtualnode import VirtualNodeProcess
 from tensile import conventions as c
 from tensile import quantity
@@ -109,8 +110,9 @@ def test_pod_with_all_dependency_kinds_runs_in_lower_cluster(federation: Fed, ns
     core = upper.core
     core.create_namespaced_config_map(ns, {"metadata": {"name": "app-config"}, "data": {"mode": "blue"}})
     core.create_namespaced_config_map(ns, {"metadata": {"name": "proj-config"}, "data": {"x": "1"}})
+    password = secret_value("password")
     core.create_namespaced_secret(ns, {"metadata": {"name": "app-secret"},
-                                       "data": {"password": base64.b64encode(b"hunter2").decode()}})
+                                       "data": {"password": base64.b64encode(password.encode()).decode()}})
     # Storage: a PV in each cluster, as the admins of each would provide.
     for cl, pv in ((upper, unique("pv-up")), (lower, unique("pv-low"))):
         cl.core.create_persistent_volume({"metadata": {"name": pv}, "spec": {
@@ -145,7 +147,7 @@ def test_pod_with_all_dependency_kinds_runs_in_lower_cluster(federation: Fed, ns
     assert low_pod.metadata.annotations[c.UPPER_UID_ANNOTATION] == up_pod.metadata.uid
     assert lower.core.read_namespaced_config_map("app-config", ns).data == {"mode": "blue"}
     assert lower.core.read_namespaced_config_map("proj-config", ns).data == {"x": "1"}
-    assert base64.b64decode(lower.core.read_namespaced_secret("app-secret", ns).data["password"]) == b"hunter2"
+    assert base64.b64decode(lower.core.read_namespaced_secret("app-secret", ns).data["password"]) == password.encode()
     assert lower.core.read_namespaced_persistent_volume_claim("data", ns).status.phase == "Bound"
     # The lower copy runs as the lower cluster's own same-name ServiceAccount, with a lower token.
     assert low_pod.spec.service_account_name == "robot"
