@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from tensile.kube.errors import ApiError
+from tensile.kube.reachability import Reachability
 
 JSON = dict[str, Any]
 Answer = Callable[[str, Any], JSON]
@@ -30,6 +31,7 @@ class FakeKube:
         self.watch_params: list[dict[str, Any]] = []
         self.requests = 0
         self.reauths = 0
+        self.reachability = Reachability(name)
 
     def answer(self, method: str, prefix: str, fn: Answer | JSON | BaseException) -> None:
         """Answer ``method`` calls whose path starts with ``prefix`` (newest rule first)."""

@@ -165,3 +165,26 @@ def test_backoff_doubles_is_jittered_and_capped() -> None:
         wait = REAL_BACKOFF(failures)
         assert base / 2 <= wait <= base
     assert REAL_BACKOFF(40) <= informer_mod.BACKOFF_MAX
+
+
+async def test_a_backoff_ends_when_the_unreachable_apiserver_answers_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(informer_mod, "backoff", lambda failures: 30.0)  # what a long outage grows it to
+    kube = FakeKube()
+    listing(kube, [pod("a")], "10")
+    refused = ApiError.connection(ConnectionRefusedError("connection refused"), "WATCH", "/api/v1/pods")
+    kube.watch_scripts = [[refused], [event("ADDED", pod("b", rv="11"))]]
+    inf = Informer(kube, "/api/v1/pods")  # type: ignore[arg-type]
+    kube.reachability.failed()  # what the real client records for a refused connection
+    inf.start()
+    try:
+        async with asyncio.timeout(5):
+            while len(kube.watch_params) < 1:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.05)
+            assert "ns/b" not in inf.store, "still backing off"
+            kube.reachability.answered()  # some other request got through: the apiserver is back
+            while "ns/b" not in inf.store:
+                await asyncio.sleep(0.01)
+    finally:
+        await inf.stop()
+    assert [p["resourceVersion"] for p in kube.watch_params[:2]] == ["10", "10"]

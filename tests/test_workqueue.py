@@ -164,3 +164,20 @@ async def test_a_key_refused_by_the_leader_fence_is_not_a_failure() -> None:
     await asyncio.sleep(1.2)  # looked at again in case this replica still leads
     await w.stop()
     assert calls == ["k", "k"]
+
+
+async def test_retry_failed_now_brings_back_keys_waiting_out_a_failure_but_not_requested_delays() -> None:
+    q = WorkQueue("t", base_delay=30, max_delay=60)
+    q.add_rate_limited("failed-twice")
+    q.add_rate_limited("failed-twice")
+    q.add_after("asked-for-later", 30)
+    assert len(q) == 0 and q.failures("failed-twice") == 2
+
+    assert q.retry_failed_now() == 1
+
+    assert await asyncio.wait_for(q.get(), 1) == "failed-twice"
+    assert q.failures("failed-twice") == 0, "the backoff starts over"
+    q.done("failed-twice")
+    assert len(q) == 0, "a delay the handler asked for is not a failure"
+    assert q.retry_failed_now() == 0
+    q.shutdown()

@@ -21,6 +21,7 @@ from tensile.kube.events import EventRecorder
 from tensile.kube.informer import NAMESPACE, Informer, namespace_index
 from tensile.kube.leader import LeaderElectionConfig
 from tensile.kube.objects import ObjectWatches
+from tensile.kube.workqueue import WorkQueue
 from tensile.kubelet.server import ServingOptions
 from tensile.quantity import ResourceList
 from tensile.translate import Owner
@@ -198,6 +199,15 @@ class Context:
             if ENDPOINTSLICES in side:
                 side[ENDPOINTSLICES].add_index(SERVICE_INDEX, slice_service)
         return ctx
+
+    def retry_failed_on_reconnect(self, queue: WorkQueue) -> None:
+        """Keys that failed while either apiserver was away are retried as soon as it answers again.
+
+        Their backoff grew during the outage (to a minute after twenty seconds of failures); the
+        failure's cause is gone, so they should not wait it out.
+        """
+        for kube in (self.upper, self.lower):
+            kube.reachability.on_reconnect(queue.retry_failed_now)
 
     def informers(self) -> list[Informer]:
         return [

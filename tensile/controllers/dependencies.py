@@ -84,6 +84,7 @@ class DependencyController:
         self.ctx = ctx
         self.copies = copies
         self.queue = WorkQueue("dependencies")
+        ctx.retry_failed_on_reconnect(self.queue)
         self.workers = Workers(self.queue, self.reconcile, ctx.config.dependency_workers, self._on_error)
         #: dependency key -> pod sources ("upper:ns/name" / "lower:ns/name") referencing it
         self.referrers: dict[str, set[str]] = defaultdict(set)

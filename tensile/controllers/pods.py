@@ -73,6 +73,7 @@ class PodController:
         self.deps = deps_ctl
         self.namespaces = namespaces
         self.queue = WorkQueue("pods")
+        ctx.retry_failed_on_reconnect(self.queue)
         self.workers = Workers(self.queue, self.reconcile, ctx.config.pod_workers, self._on_error)
         #: upper uid -> topic -> the (reason, message) last reported in a Warning Event.
         self._reported: dict[str, dict[str, tuple[str, str]]] = {}

@@ -37,6 +37,7 @@ class ServiceController:
         self.copies = copies
         self.flat = ctx.config.flat_network
         self.queue = WorkQueue("services")
+        ctx.retry_failed_on_reconnect(self.queue)
         self.workers = Workers(self.queue, self.reconcile, ctx.config.service_workers, self._on_error)
         ctx.upper_pods.add_handler(self._on_pod)
         ctx.upper_deps[SERVICES].add_handler(lambda old, new: self._on_service(False, old, new))

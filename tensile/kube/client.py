@@ -30,6 +30,7 @@ from kubernetes_asyncio.config.incluster_config import load_incluster_config
 
 from tensile.kube.errors import NOT_LEADER, ApiError
 from tensile.kube.metrics import ApiMetrics
+from tensile.kube.reachability import Reachability
 from tensile.logs import V
 
 log = logging.getLogger("tensile.kube")
@@ -173,9 +174,12 @@ class Kube:
         #: The leader-election fence: a write is sent only while this says yes (see ``tensile.kube.leader``).
         self.may_write: Callable[[], bool] | None = None
         self.user_agent = USER_AGENT
+        #: Whether the apiserver answers; forks share it (the same apiserver).
+        self.reachability = Reachability(name)
 
     def _inherit(self, other: Kube) -> Kube:
         other.metrics, other.may_write, other.user_agent = self.metrics, self.may_write, self.user_agent
+        other.reachability = self.reachability
         return other
 
     def fork(self, name: str, qps: float, burst: int) -> Kube:
@@ -382,6 +386,10 @@ class Kube:
         raise _not_leader(method, url_path)
 
     def _observe(self, verb: str, url_path: str, code: int, seconds: float) -> None:
+        if code:
+            self.reachability.answered()
+        else:
+            self.reachability.failed()
         if self.metrics is not None:
             self.metrics.observe(self.name, verb, code, seconds)
         log.log(V(6), "%s %s %s in %.3fs", verb, url_path, code or "no answer", seconds,

@@ -249,6 +249,8 @@ class Informer:
         - 410 Gone, or an event that cannot be decoded, lists again;
         - every failure, and a watch that ends at once, backs off before the next try
           (a list that fails is tried again, a watch that fails is resumed);
+        - a backoff ends early once an apiserver that could not be reached answers again, whoever's
+          request it answered (``Reachability``);
         - an error nobody expected (a credential plugin that crashed, a body that is not
           JSON) is logged with its traceback and handled like any other failure.
         """
@@ -283,7 +285,7 @@ class Informer:
             wait = backoff(failures)
             log.warning("informer %s: %s; %s in %.1fs", self.name, error,
                         "listing" if need_list else "watching again", wait)
-            await asyncio.sleep(wait)
+            await self.kube.reachability.sleep(wait)  # or less: until the apiserver answers again
 
     async def _resync_loop(self) -> None:
         while True:

@@ -6,7 +6,10 @@ Guarantees the controllers rely on:
 - a key is never processed by two workers at once; an add during
   processing is remembered and the key comes back once the worker is done;
 - a failed key comes back after an exponential per-key backoff
-  (``base * 2**failures`` capped at ``max_delay``) until it succeeds.
+  (``base * 2**failures`` capped at ``max_delay``) until it succeeds;
+- ``retry_failed_now`` brings every key waiting out a failure's backoff back at once: after an
+  apiserver outage the backoff has grown to most of a minute, and the work that failed only because
+  the apiserver was away should not wait for it once it answers again.
 """
 
 from __future__ import annotations
@@ -83,6 +86,20 @@ class WorkQueue:
 
     def forget(self, key: str) -> None:
         self._failures.pop(key, None)
+
+    def retry_failed_now(self) -> int:
+        """Queue now every key waiting out a failure's backoff, its backoff reset; how many there were.
+
+        Keys waiting for a delay their handler asked for (no failure) keep waiting.
+        """
+        failed = [key for key in self._timers if self._failures.get(key)]
+        for key in failed:
+            self._timers.pop(key).cancel()
+            self._failures.pop(key, None)
+            self.add(key)
+        if failed:
+            log.info("%s: %d keys that failed retried now, not after their backoff", self.name, len(failed))
+        return len(failed)
 
     def failures(self, key: str) -> int:
         return self._failures.get(key, 0)
