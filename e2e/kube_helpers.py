@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +174,23 @@ def tensile_objects(cluster: LocalCluster) -> set[str]:
     out = kubectl(cluster, "get", TENSILE_KINDS, "-A", "-l", f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY_VALUE}",
                   "-o", "jsonpath={range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}")
     return {line for line in out.splitlines() if line.strip()}
+
+
+def https_call(port: int, path: str, ca: Path, *, cert: tuple[str, str] | None = None, token: str | None = None,
+               body: bytes | None = None) -> tuple[int, str]:
+    """Status and body of a request to ``https://127.0.0.1:PORT/PATH``, verified against ``ca``.
+
+    ``cert``: a client certificate and key; ``token``: a bearer token; ``body``: POSTed as JSON.
+    """
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{path}", data=body,
+                                     headers={"Content-Type": "application/json"} if body else {})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()

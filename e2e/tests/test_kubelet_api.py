@@ -18,8 +18,6 @@ import os
 import socket
 import ssl
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +25,7 @@ import pytest
 from kubernetes import client as k8s
 
 from e2e.cluster import LocalCluster, wait_for
-from e2e.kube_helpers import create_namespace, kubectl, pod_manifest, unique, wait_pod_running
+from e2e.kube_helpers import create_namespace, https_call, kubectl, pod_manifest, unique, wait_pod_running
 from e2e.process import free_port
 from e2e.virtualnode import VirtualNodeProcess
 from tensile import conventions as c
@@ -59,17 +57,7 @@ def _kubectl(cluster: LocalCluster, *args: str, stdin: str | None = None,
 
 def _kubelet(vn: VirtualNodeProcess, path: str, *, cert: tuple[str, str] | None = None,
              token: str | None = None) -> tuple[int, str]:
-    ctx = ssl.create_default_context(cafile=str(vn.upper.dir / "pki" / "kubelet-ca.crt"))
-    if cert:
-        ctx.load_cert_chain(*cert)
-    req = urllib.request.Request(f"https://127.0.0.1:{vn.kubelet_port}{path}")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-            return int(r.status), r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
+    return https_call(vn.kubelet_port, path, vn.upper.dir / "pki" / "kubelet-ca.crt", cert=cert, token=token)
 
 
 def _apiserver_cert(cluster: LocalCluster) -> tuple[str, str]:

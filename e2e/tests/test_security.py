@@ -33,7 +33,15 @@ from kubernetes import client as k8s
 
 from e2e import pki, secretscan
 from e2e.cluster import LocalCluster, wait_for
-from e2e.kube_helpers import create_namespace, events_for, get_or_none, pod_manifest, unique, wait_pod_running
+from e2e.kube_helpers import (
+    create_namespace,
+    events_for,
+    get_or_none,
+    https_call,
+    pod_manifest,
+    unique,
+    wait_pod_running,
+)
 from e2e.secretscan import secret_value
 from e2e.virtualnode import VirtualNodeProcess
 from e2e.webhookproc import WebhookProcess
@@ -155,22 +163,6 @@ def _plain_http(port: int, request: bytes) -> bytes:
         return received
 
 
-def _https(port: int, path: str, ca: Path, *, cert: tuple[str, str] | None = None, token: str | None = None,
-           body: bytes | None = None) -> tuple[int, str]:
-    context = ssl.create_default_context(cafile=str(ca))
-    if cert is not None:
-        context.load_cert_chain(*cert)
-    request = urllib.request.Request(f"https://127.0.0.1:{port}{path}", data=body,
-                                     headers={"Content-Type": "application/json"} if body else {})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=10) as response:
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
-
-
 def _foreign_cert(tmp: Path, cn: str) -> tuple[str, str]:
     """A client certificate for ``cn`` from a CA nobody trusts."""
     cert, key = issue(make_ca("stranger-ca", 1), cn, 1, client=True)
@@ -197,14 +189,14 @@ def test_the_webhook_refuses_plain_http_and_answers_only_the_apiserver(secure: S
         print(f"plain HTTP to the webhook's port: {answer[:16]!r} ({len(answer)} bytes), then the connection closed")
         assert b"HTTP/" not in answer, answer  # no HTTP answer, not even a 400: the connection just ends
     review = _review("default")
-    status, body = _https(port, "/mutate", ca, body=review)
+    status, body = https_call(port, "/mutate", ca, body=review)
     assert status == 401 and "client certificate" in body  # anonymous: would have been a signed clusterSelector
     admin = str(upper.dir / "pki" / "admin.crt"), str(upper.dir / "pki" / "admin.key")
-    status, body = _https(port, "/mutate", ca, cert=admin, body=review)
+    status, body = https_call(port, "/mutate", ca, cert=admin, body=review)
     assert status == 403 and "tensile-admin" in body  # the cluster's CA signed it, but it is not the apiserver
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
-        _https(port, "/mutate", ca, cert=_foreign_cert(secure.tmp, pki.WEBHOOK_CLIENT_CN), body=review)
-    assert _https(port, "/healthz", ca) == (200, "ok")  # probes stay open
+        https_call(port, "/mutate", ca, cert=_foreign_cert(secure.tmp, pki.WEBHOOK_CLIENT_CN), body=review)
+    assert https_call(port, "/healthz", ca) == (200, "ok")  # probes stay open
     # The apiserver itself is let in: an opted-in pod is mutated.
     pod = upper.core.create_namespaced_pod("default", {
         "metadata": {"generateName": "probe-", "labels": {c.VIRTUAL_POD_LABEL: c.VIRTUAL_POD_VALUE}},
@@ -229,20 +221,20 @@ def test_the_kubelet_api_refuses_plain_http_and_anonymous_callers_on_every_route
     answer = _plain_http(port, f"GET /containerLogs/{ns}/app/app HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     print(f"plain HTTP to the kubelet port: {answer[:16]!r} ({len(answer)} bytes), then the connection closed")
     assert b"HTTP/" not in answer, answer
-    anonymous = {route: _https(port, route.format(ns=ns), ca)[0] for route in KUBELET_ROUTES}
+    anonymous = {route: https_call(port, route.format(ns=ns), ca)[0] for route in KUBELET_ROUTES}
     assert anonymous == dict.fromkeys(KUBELET_ROUTES, 401)
-    assert _https(port, f"/containerLogs/{ns}/app/app", ca, token="not-a-token")[0] == 401  # TokenReview says no
+    assert https_call(port, f"/containerLogs/{ns}/app/app", ca, token="not-a-token")[0] == 401  # TokenReview says no
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
-        _https(port, "/pods", ca, cert=_foreign_cert(secure.tmp, "kube-apiserver-kubelet-client"))
+        https_call(port, "/pods", ca, cert=_foreign_cert(secure.tmp, "kube-apiserver-kubelet-client"))
     # A real identity without rights on this Node: 403 (SubjectAccessReview), for data and commands alike.
     upper.core.create_namespaced_service_account(ns, {"metadata": {"name": "nobody"}})
     token = wait_for(lambda: upper.core.create_namespaced_service_account_token(
         "nobody", ns, {"spec": {"expirationSeconds": 600}}).status.token, 30, what="a token")
     for route in ("/exec/{ns}/app/app?command=ls&output=1", "/stats/summary", "/containerLogs/{ns}/app/app"):
-        status, body = _https(port, route.format(ns=ns), ca, token=token)
+        status, body = https_call(port, route.format(ns=ns), ca, token=token)
         assert status == 403 and "nodes/" in body, (route, status, body)
     # The apiserver's own client certificate is let in.
     apiserver = str(upper.dir / "pki" / "kubelet-client.crt"), str(upper.dir / "pki" / "kubelet-client.key")
-    status, body = _https(port, "/pods", ca, cert=apiserver)
+    status, body = https_call(port, "/pods", ca, cert=apiserver)
     assert status == 200 and '"app"' in body
     assert k8s.CoreV1Api(upper.api()).read_node(VK).status.daemon_endpoints.kubelet_endpoint.port == port
