@@ -18,7 +18,7 @@ resized ``allocatedResources`` is not modelled (requests are used).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -101,21 +101,28 @@ def compute(
     pods: Iterable[JSON],
     created_by_us: Callable[[JSON], bool],
 ) -> tuple[ResourceList, ResourceList]:
-    """Return (capacity, allocatable) of the virtual node, never negative."""
+    """Return (capacity, allocatable) of the virtual node, never negative: a full pass over ``pods``."""
+    used: dict[str, ResourceList] = {}
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if node_name and pod_is_active(pod) and not created_by_us(pod):
+            quantity.add_into(used.setdefault(node_name, {}), requests_of(pod))
+    return compute_from(nodes, used)
+
+
+def compute_from(nodes: Iterable[JSON], used: Mapping[str, ResourceList]) -> tuple[ResourceList, ResourceList]:
+    """:func:`compute` from the requests of the pods tensile did not create, summed per lower node
+    (:class:`tensile.usage.Usage` keeps them): O(nodes), whatever the number of pods."""
     capacity: ResourceList = {}
-    usable: set[str] = set()
+    taken: ResourceList = {}
     for node in nodes:
         if not node_is_usable(node):
             continue
-        usable.add((node.get("metadata") or {}).get("name", ""))
         quantity.add_into(capacity, quantity.parse_list((node.get("status") or {}).get("allocatable")))
-    used: ResourceList = {}
-    for pod in pods:
-        node_name = (pod.get("spec") or {}).get("nodeName")
-        if not node_name or node_name not in usable or not pod_is_active(pod) or created_by_us(pod):
-            continue
-        quantity.add_into(used, requests_of(pod))
-    allocatable = {k: max(Fraction(0), v - used.get(k, Fraction(0))) for k, v in capacity.items()}
+        on_node = used.get((node.get("metadata") or {}).get("name", ""))
+        if on_node:
+            quantity.add_into(taken, on_node)
+    allocatable = {k: max(Fraction(0), v - taken.get(k, Fraction(0))) for k, v in capacity.items()}
     capacity = {k: max(Fraction(0), v) for k, v in capacity.items()}
     return capacity, allocatable
 

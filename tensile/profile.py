@@ -153,8 +153,6 @@ def build(nodes: Iterable[JSONObject], pods: Iterable[JSONObject], options: Opti
     ``pods`` may be full pods or :func:`tensile.capacity.shrink_pod` ones; terminal pods are skipped.
     The result holds no timestamp, so two builds of an unchanged cluster are equal.
     """
-    usable = [n for n in nodes if capacity.node_is_usable(n)]
-    resources = resource_names(usable, options.extra_shapes)
     used: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
@@ -162,9 +160,18 @@ def build(nodes: Iterable[JSONObject], pods: Iterable[JSONObject], options: Opti
             on_node = used[node_name]
             for resource, amount in capacity.request_units_of(pod).items():
                 on_node[resource] += amount
+    return build_from(nodes, used, options)
+
+
+def build_from(nodes: Iterable[JSONObject], used: Mapping[str, Mapping[str, int]],
+               options: Options = Options()) -> JSONObject:
+    """:func:`build` from the requests of all active pods summed per lower node, in scheduler units
+    (:class:`tensile.usage.Usage` keeps them): O(nodes), whatever the number of pods."""
+    usable = [n for n in nodes if capacity.node_is_usable(n)]
+    resources = resource_names(usable, options.extra_shapes)
     grouped: dict[Any, tuple[Counter[Vector], Counter[Vector]]] = {}
     columns = tuple(resources)
-    nothing: dict[str, int] = {}
+    nothing: Mapping[str, int] = {}
     for node in usable:
         name = (node.get("metadata") or {}).get("name", "")
         allocatable = (node.get("status") or {}).get("allocatable") or {}

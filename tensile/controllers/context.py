@@ -25,6 +25,7 @@ from tensile.kube.workqueue import WorkQueue
 from tensile.kubelet.server import ServingOptions
 from tensile.quantity import ResourceList
 from tensile.translate import Owner
+from tensile.usage import Usage
 
 log = logging.getLogger("tensile")
 
@@ -135,6 +136,8 @@ class Context:
     lower_deps: dict[str, Informer]
     lower_namespaces: Informer
     metrics: VirtualNodeMetrics
+    #: Requests of the active lower pods per lower node, kept from ``lower_pods_all``'s events.
+    lower_usage: Usage
     #: ``--lower-node-selector`` as node-selector requirements, pinned into every copy.
     pool: tuple[JSON, ...] = ()
 
@@ -190,8 +193,10 @@ class Context:
             lower_deps=lower_deps,
             lower_namespaces=Informer(lower, path("namespaces"), transform=_namespace_meta, name="lower-namespaces"),
             metrics=VirtualNodeMetrics(registry if registry is not None else CollectorRegistry()),
+            lower_usage=Usage(owner.owns),
             pool=config.pool,  # parsed once here: a bad selector stops the start
         )
+        ctx.lower_pods_all.add_handler(ctx.lower_usage.on_pod)
         # Indexes, so handlers stay O(matches) per event instead of scanning a store.
         ctx.upper_pods.add_index(NAMESPACE, namespace_index)
         for side in (upper_deps, lower_deps):

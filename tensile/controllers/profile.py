@@ -82,7 +82,7 @@ class ProfilePublisher:
 
     def build(self) -> JSON:
         started = time.perf_counter()
-        built = profile.build(self.ctx.lower_nodes.items(), self.ctx.lower_pods_all.items(), self.options)
+        built = profile.build_from(self.ctx.lower_nodes.items(), self.ctx.lower_usage.units, self.options)
         self.metrics.build_seconds.set(time.perf_counter() - started)
         self.metrics.bytes.set(profile.size(built))
         self.metrics.groups.set(len(built["groups"]))
