@@ -87,3 +87,24 @@ async def test_an_unreachable_lower_cluster_turns_the_node_not_ready_after_the_g
     lower.answer("GET", "/version", {"gitVersion": "v1.34.4"})
     await node.ping_lower()
     assert node.status({})["conditions"][0]["status"] == "True" and node.kubelet_version == "v1.34.4"
+
+
+async def test_only_pods_tensile_did_not_create_change_the_status_and_it_follows_them() -> None:
+    ctx, node, _ = world()
+    lower_node = {"metadata": {"name": "n1"}, "spec": {},
+                  "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                             "conditions": [{"type": "Ready", "status": "True"}]}}
+    ctx.lower_nodes.store["n1"] = lower_node
+
+    def lower_pod(name: str, labels: dict[str, str]) -> JSON:
+        return {"metadata": {"name": name, "namespace": "ns", "labels": labels},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]},
+                "status": {"phase": "Running"}}
+
+    node._dirty.clear()
+    ctx.lower_pods_all._notify(None, lower_pod("copy", ctx.owner.labels))
+    assert not node._dirty.is_set()
+    ctx.lower_pods_all._notify(None, lower_pod("theirs", {}))
+    assert node._dirty.is_set()
+    _, alloc = node._capacity()
+    assert alloc["cpu"] == "3"  # the copy is the upper scheduler's to count, not the allocatable's

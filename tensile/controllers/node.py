@@ -149,8 +149,10 @@ class NodeController:
     # --- triggers ------------------------------------------------------------
 
     def _on_lower_pod(self, old: JSON | None, new: JSON | None) -> None:
-        before = old and (old.get("spec") or {}).get("nodeName")
-        after = new and (new.get("spec") or {}).get("nodeName")
+        """Only pods tensile did not create change the allocatable: a burst of its own copies going
+        Running (every event of a 5,000-pod burst) does not recompute the node's status."""
+        before = old and (old.get("spec") or {}).get("nodeName") and not self.ctx.owner.owns(old)
+        after = new and (new.get("spec") or {}).get("nodeName") and not self.ctx.owner.owns(new)
         if before or after:
             self._dirty.set()
 
@@ -164,9 +166,7 @@ class NodeController:
     # --- capacity and status --------------------------------------------------------
 
     def _capacity(self) -> tuple[dict[str, str], dict[str, str]]:
-        cap, alloc = capacity.compute(
-            self.ctx.lower_nodes.items(), self.ctx.lower_pods_all.items(), self.ctx.owner.owns
-        )
+        cap, alloc = capacity.compute_from(self.ctx.lower_nodes.items(), self.ctx.lower_usage.foreign)
         # What the lower cluster can add by autoscaling counts as there: the upper scheduler must let
         # a pod that needs it through, so the lower autoscaler sees the pod and adds the node.
         for shape in self.ctx.config.extra_capacity:
