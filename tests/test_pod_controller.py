@@ -85,6 +85,36 @@ async def test_a_name_held_by_a_foreign_pod_does_not_keep_the_upper_pod_terminat
     assert world.lower.of("DELETE") == []
 
 
+async def test_a_copy_the_cache_saw_deleted_removes_the_upper_pod_without_asking_the_lower_cluster(
+        world: World) -> None:
+    up = world.upper_pod(deletionTimestamp="t", deletionGracePeriodSeconds=30)
+    copy = world.lower_copy(up)
+    # The lower cache's watch delivers the copy's deletion (the handler sees it, as the informer's would).
+    del world.ctx.lower_pods.store["ns/p"]
+    world.pods._on_lower(copy, None)
+    assert await world.pods.reconcile("ns/p") is None
+    assert world.lower.of("GET") == []
+    assert [p for p, _ in world.upper.of("DELETE")] == ["/api/v1/namespaces/ns/pods/p"]
+
+
+async def test_a_copy_the_cache_never_showed_is_confirmed_gone_before_the_upper_pod_goes(world: World) -> None:
+    up = world.upper_pod(deletionTimestamp="t", deletionGracePeriodSeconds=30)
+    mine = pod("p", metadata={"labels": world.ctx.owner.labels, "annotations": {
+        c.UPPER_UID_ANNOTATION: up["metadata"]["uid"]}})
+    world.lower.answer("GET", "/api/v1/namespaces/ns/pods/p", mine)
+    # Created, not yet in the cache: the upper pod waits for it.
+    assert await world.pods.reconcile("ns/p") == 1.0
+    assert world.upper.of("DELETE") == []
+    # Seen deleted once, then a copy created again (before the upper pod was deleted): confirm again.
+    world.pods._on_lower(mine, None)
+    world.upper_pod()
+    assert await world.pods.reconcile("ns/p") is None
+    assert [p for p, _ in world.lower.of("POST")] == ["/api/v1/namespaces/ns/pods"]
+    world.upper_pod(deletionTimestamp="t", deletionGracePeriodSeconds=30)
+    assert await world.pods.reconcile("ns/p") == 1.0
+    assert len(world.lower.of("GET")) == 2 and world.upper.of("DELETE") == []
+
+
 async def test_daemonset_pods_are_reported_ready_and_never_copied(world: World) -> None:
     world.upper_pod(ownerReferences=[{"kind": "DaemonSet", "name": "agent", "controller": True, "uid": "d"}])
     await world.pods.reconcile("ns/p")

@@ -81,6 +81,9 @@ class PodController:
         self._held: dict[str, int] = {}
         #: pod key -> the last state of a lower copy that finished and was then deleted.
         self._final: TTLCache[str, JSON] = TTLCache(maxsize=100_000, ttl=3600)
+        #: pod keys whose lower copy the lower cache saw deleted (and not created again since):
+        #: their absence from the cache is a fact, not lag, and needs no confirming GET.
+        self._gone: set[str] = set()
         ctx.upper_pods.add_handler(self._on_upper)
         ctx.lower_pods.add_handler(self._on_lower)
         ctx.lower_namespaces.add_handler(self._on_namespace)
@@ -106,6 +109,7 @@ class PodController:
         key = key_of(obj)
         if new is None:
             self._reported.pop(str(meta_of(obj).get("uid", "")), None)
+            self._gone.discard(key)
             self.m.forget(key)
         elif old is None and self.ctx.upper_pods.is_synced:
             self.m.bound(key)  # bound to this node just now (not found in the first list)
@@ -118,6 +122,10 @@ class PodController:
         key = self.ctx.upper_key(obj)
         if new is None and old is not None and (old.get("status") or {}).get("phase") in TERMINAL:
             self._final[key] = old
+        if new is None:
+            self._gone.add(key)
+        else:
+            self._gone.discard(key)
         if new is not None and _phase(new) == "Running" and (old is None or _phase(old) != "Running"):
             self.m.lower_running(key)
         self.queue.add(key)
@@ -257,15 +265,19 @@ class PodController:
                 if not (exc.not_found or exc.conflict):
                     raise
             return None
-        # Make sure the copy is really gone, not merely missing from a lagging cache.
-        try:
-            existing = await self.ctx.lower.get(self._lower_path(key))
-            if self.ctx.owner.owns(existing):
-                return 1.0
-            # The name is held by a pod that is not ours (a NameConflict); ours never existed.
-        except ApiError as exc:
-            if not exc.not_found:
-                raise
+        if key not in self._gone:
+            # The cache never held the copy, or still does not show it deleted: make sure it is
+            # really gone, not merely missing from a lagging cache (created just now, by this process
+            # or a leader before it). Once the cache saw it deleted, that is a fact: nothing creates
+            # a copy again for a terminating pod.
+            try:
+                existing = await self.ctx.lower.get(self._lower_path(key))
+                if self.ctx.owner.owns(existing):
+                    return 1.0
+                # The name is held by a pod that is not ours (a NameConflict); ours never existed.
+            except ApiError as exc:
+                if not exc.not_found:
+                    raise
         await self._remove_upper(key, upper)
         log.info("removed upper pod after its lower copy was gone", extra=fields(key, cluster=self.cluster))
         return None
@@ -377,6 +389,7 @@ class PodController:
         except NamespaceTerminatingError as exc:
             log.info("%s", exc, extra=fields(key, cluster=self.cluster))
             return 2.0
+        self._gone.discard(key)  # a copy again: its deletion is no longer what the cache last showed
         try:
             with self.m.pod_write("create"):
                 await self.ctx.lower.create(path("pods", self.ctx.lower_ns(ns)), desired)
