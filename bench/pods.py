@@ -890,8 +890,18 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP (a CI timeout, a closed terminal) unwind like Ctrl-C: every cluster, the
+    webhook and the virtual node are torn down by their context managers, logs kept."""
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    stop_on_signals()
     if args.profile != "none" and (why := profiler_available(args.profile)):
         print(f"--profile {args.profile}: {why}", file=sys.stderr)
         return 2
