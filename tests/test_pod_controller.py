@@ -272,3 +272,22 @@ async def test_a_pod_whose_chain_holds_the_lower_cluster_is_never_copied() -> No
     assert "OriginLoop" in await world.events()
     message = world.status_patches()[-1]["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
     assert "leads to cluster low-uid" in message
+
+
+async def test_a_copy_only_being_placed_is_looked_at_once_its_containers_start_not_before(world: World) -> None:
+    up = world.upper_pod()
+    created = world.lower_copy(up)
+    created["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+    scheduled = {**created, "spec": {**created["spec"], "nodeName": "n1"},
+                 "status": {**created["status"], "conditions": [{"type": "PodScheduled", "status": "True"}]}}
+    world.pods._on_lower(None, created)
+    world.pods._on_lower(created, scheduled)
+    assert len(world.pods.queue) == 0 and "ns/p" in world.pods.queue._timers  # folded into one look, later
+    running = {**scheduled, "status": {"phase": "Running", "containerStatuses": [{"name": "app", "ready": True}]}}
+    world.pods._on_lower(scheduled, running)
+    assert len(world.pods.queue) == 1  # at once
+    unschedulable = {**created, "status": {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}}
+    world.pods.queue._dirty.clear()
+    world.pods._on_lower(created, unschedulable)
+    assert len(world.pods.queue) == 1  # a problem is shown at once

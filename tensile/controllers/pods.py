@@ -55,12 +55,24 @@ TERMINAL = ("Succeeded", "Failed")
 #: appearing upstairs releases the pod at once, so the recheck is only a safety net.
 HELD_RECHECK = 5.0
 HELD_MAX = 300.0
+#: A copy that is only being placed downstairs (created, scheduled, no container started yet) is
+#: looked at again this much later, not at once: the next step (containers Running) usually follows
+#: within it, and one status write upstairs carries both. Running, a failure or a deletion is not delayed.
+STATUS_COALESCE = 1.0
 #: Why a DaemonSet pod has no copy.
 NOT_COPIED_REASON = "DaemonSetPodNotCopied"
 
 
 def _phase(pod: JSON) -> str:
     return str((pod.get("status") or {}).get("phase") or "")
+
+
+def _only_placed(lower: JSON) -> bool:
+    """A live copy still Pending with no container status: being scheduled downstairs, nothing started."""
+    status = lower.get("status") or {}
+    return (_phase(lower) in ("", "Pending") and not meta_of(lower).get("deletionTimestamp")
+            and not status.get("containerStatuses") and not status.get("initContainerStatuses")
+            and all(cond.get("status") != "False" for cond in status.get("conditions") or []))
 
 
 def _api_message(exc: ApiError) -> str:
@@ -128,6 +140,9 @@ class PodController:
             self._gone.discard(key)
         if new is not None and _phase(new) == "Running" and (old is None or _phase(old) != "Running"):
             self.m.lower_running(key)
+        if new is not None and _only_placed(new):
+            self.queue.add_after(key, STATUS_COALESCE)
+            return
         self.queue.add(key)
 
     def _on_namespace(self, old: JSON | None, new: JSON | None) -> None:
