@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from aiohttp import web
 from kubernetes_asyncio.client import Configuration
@@ -295,3 +296,32 @@ async def test_a_write_refused_by_the_leader_fence_is_not_retried(throttling: tu
         assert app[SEEN] == [] and waits == []
     finally:
         await kube.close()
+
+
+async def test_a_watch_yields_every_event_whatever_the_chunking() -> None:
+    """Events split across chunks, several in one chunk, a 1 MiB one in many pieces, blank lines."""
+    events = [{"type": "ADDED", "object": {"metadata": {"name": f"p{i}"}, "data": "x" * (i * 37)}} for i in range(50)]
+    events.append({"type": "MODIFIED", "object": {"metadata": {"name": "big"}, "data": "y" * 2**20}})
+    stream = b"".join(orjson.dumps(e) + b"\n" + (b"\n" if i % 7 == 0 else b"") for i, e in enumerate(events))
+    sizes = [1, 3, 4096, 17, 65536, 250_000, 2]
+    app = web.Application()
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        at, i = 0, 0
+        while at < len(stream):
+            await resp.write(stream[at:at + sizes[i % len(sizes)]])
+            at += sizes[i % len(sizes)]
+            i += 1
+        await resp.write_eof()
+        return resp
+
+    app.router.add_get("/api/v1/pods", watch)
+    async with http_server(app) as url:
+        kube = Kube(config(url, "fresh"))
+        try:
+            got = [e async for e in kube.watch("/api/v1/pods", {}, timeout=30)]
+        finally:
+            await kube.close()
+    assert got == events

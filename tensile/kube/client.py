@@ -488,14 +488,17 @@ class Kube:
                     if resp.status == 401:
                         await self.reauthenticate()  # the informer's retry uses the new credentials
                     raise ApiError.from_response(resp.status, await resp.read(), "WATCH", url_path, resp.headers)
-                buf = b""
+                # The start of an event not yet ended, in pieces: a 1 MiB object arrives in many chunks.
+                parts: list[bytes] = []
                 async for chunk in resp.content.iter_any():
-                    buf += chunk
-                    while True:
-                        nl = buf.find(b"\n")
-                        if nl < 0:
-                            break
-                        line, buf = buf[:nl], buf[nl + 1:]
+                    parts.append(chunk)
+                    if b"\n" not in chunk:
+                        continue
+                    # One split per chunk: cutting one line at a time off the front copied the rest of
+                    # the buffer for every event (quadratic in a burst of small events).
+                    lines = b"".join(parts).split(b"\n")
+                    parts = [lines.pop()]
+                    for line in lines:
                         if line.strip():
                             try:
                                 event = orjson.loads(line)
