@@ -82,6 +82,13 @@ class Owner:
     def selector(self) -> str:
         return f"{c.OWNER_CLUSTER_LABEL}={self.upper_cluster},{c.OWNER_NODE_LABEL}={self.node_name}"
 
+    @property
+    def others_selectors(self) -> tuple[str, str]:
+        """Label selectors that together match every object :attr:`selector` does not, and none it does:
+        another upper cluster's (or nobody's), and this upper cluster's other virtual nodes'."""
+        return (f"{c.OWNER_CLUSTER_LABEL}!={self.upper_cluster}",
+                f"{c.OWNER_CLUSTER_LABEL}={self.upper_cluster},{c.OWNER_NODE_LABEL}!={self.node_name}")
+
     def owns(self, obj: JSON | None) -> bool:
         labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
         return bool(

@@ -42,12 +42,21 @@ class Usage:
     def __len__(self) -> int:
         return len(self._added)
 
-    def on_pod(self, old: JSON | None, new: JSON | None) -> None:
-        """An informer handler: ``(None, pod)`` add, ``(pod, pod)`` update, ``(pod, None)`` delete."""
+    def handler(self, source: str) -> Callable[[JSON | None, JSON | None], None]:
+        """:meth:`on_pod` for the informer named ``source``."""
+        return lambda old, new: self.on_pod(old, new, source)
+
+    def on_pod(self, old: JSON | None, new: JSON | None, source: str = "") -> None:
+        """An informer handler: ``(None, pod)`` add, ``(pod, pod)`` update, ``(pod, None)`` delete.
+
+        Pods come from several caches (tensile's copies, everyone else's pods), each with its own
+        watch. A pod whose labels move it from one to the other may be added by one before the other
+        deletes it: contributions are kept by cache, so the late delete takes back only its own.
+        """
         pod = new if new is not None else old
         if pod is None:
             return
-        key = _key(pod)
+        key = f"{source}:{_key(pod)}"
         self._take_back(key)
         if new is None:
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tensile import capacity
 from tensile import conventions as c
 from tensile.controllers.context import Config, Context
 from tensile.controllers.node import NodeController
@@ -102,9 +103,9 @@ async def test_only_pods_tensile_did_not_create_change_the_status_and_it_follows
                 "status": {"phase": "Running"}}
 
     node._dirty.clear()
-    ctx.lower_pods_all._notify(None, lower_pod("copy", ctx.owner.labels))
+    ctx.lower_pods._notify(None, lower_pod("copy", ctx.owner.labels))
     assert not node._dirty.is_set()
-    ctx.lower_pods_all._notify(None, lower_pod("theirs", {}))
+    ctx.lower_pods_others[0]._notify(None, capacity.shrink_pod(lower_pod("theirs", {})))
     assert node._dirty.is_set()
     _, alloc = node._capacity()
     assert alloc["cpu"] == "3"  # the copy is the upper scheduler's to count, not the allocatable's

@@ -3,7 +3,7 @@ from typing import Any
 
 import pytest
 
-from tensile import cluster_selector, translate
+from tensile import cluster_selector, selectors, translate
 from tensile import conventions as c
 
 OWNER = translate.Owner("upper-uid", "vk-a")
@@ -349,3 +349,14 @@ def test_mirror_volume_is_pre_bound_to_the_upper_claim_and_pinned_to_the_virtual
     term = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
     assert term == {"key": c.HOSTNAME_LABEL, "operator": "In", "values": ["vk-a"]}
     assert pv["metadata"]["annotations"][c.LOWER_VOLUME_ANNOTATION] == "pv-low" and OWNER.owns(pv)
+
+
+def test_the_copies_selector_and_the_others_selectors_split_every_label_set_in_exactly_one() -> None:
+    owner = translate.Owner("up-uid", "vk-a")
+    every = [selectors.requirements(s) for s in (owner.selector, *owner.others_selectors)]
+    for cluster in (None, "up-uid", "other-uid"):
+        for node in (None, "vk-a", "vk-b"):
+            labels = {k: v for k, v in ((c.OWNER_CLUSTER_LABEL, cluster), (c.OWNER_NODE_LABEL, node)) if v}
+            matched = [i for i, reqs in enumerate(every) if selectors.matches(reqs, labels)]
+            assert len(matched) == 1, labels
+            assert (matched == [0]) == owner.owns({"metadata": {"labels": labels}}), labels

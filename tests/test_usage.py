@@ -80,6 +80,17 @@ def test_usage_kept_from_events_equals_a_full_recount_after_every_event(
         recount(store, usage)
 
 
+def test_a_pod_moving_between_caches_is_counted_once_whatever_order_the_watches_deliver_in() -> None:
+    usage = Usage(OWNER.owns)
+    copies, others = usage.handler("lower-pods"), usage.handler("lower-pods-foreign")
+    theirs = pod("p0", "a", "1", "1Gi", 0, "Running", ours=False)
+    mine = pod("p0", "a", "1", "1Gi", 0, "Running", ours=True)
+    others(None, theirs)
+    copies(None, mine)  # relabelled: the copies' watch tells first...
+    others(theirs, None)  # ...the other watch's delete comes after
+    assert usage.units == {"a": {"cpu": 1000, "memory": 2**30, "pods": 1}} and usage.foreign == {}
+
+
 def test_a_node_whose_last_pod_left_is_dropped_from_the_sums() -> None:
     usage = Usage(OWNER.owns)
     mine = pod("p0", "a", "1", "1Gi", 0, "Running", ours=True)

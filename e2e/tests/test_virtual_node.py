@@ -99,6 +99,20 @@ def test_capacity_follows_lower_nodes_and_foreign_pods(federation: Fed) -> None:
     wait_for(lambda: cpu("allocatable") == alloc - 2, 30, what="allocatable to drop by the foreign pod")
     lower.core.delete_namespaced_pod("foreign-hog", "default", grace_period_seconds=0)
     wait_for(lambda: cpu("allocatable") == alloc, 30, what="allocatable back after the foreign pod ends")
+    # Copies of another virtual node count too: of this upper cluster (a second node pool), and of
+    # another upper cluster whose virtual node has the same name (a mesh). Each is in a different
+    # watch of the virtual node than its own copies.
+    upper_id = upper.core.read_namespace("kube-system").metadata.uid
+    for name, owner_cluster, owner_node in (("sibling", upper_id, "vk-other"), ("namesake", "other-upper", VK)):
+        lower.core.create_namespaced_pod("default", {
+            "metadata": {"name": name, "labels": {
+                c.OWNER_CLUSTER_LABEL: owner_cluster, c.OWNER_NODE_LABEL: owner_node}},
+            "spec": {"nodeName": "lower-extra", "containers": [
+                {"name": "c", "image": "x", "resources": {"requests": {"cpu": "1"}}}]}})
+    wait_for(lambda: cpu("allocatable") == alloc - 2, 30, what="allocatable to drop by both other nodes' copies")
+    for name in ("sibling", "namesake"):
+        lower.core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+    wait_for(lambda: cpu("allocatable") == alloc, 30, what="allocatable back after the other copies end")
     # Cordoning removes the node from capacity; deleting it too.
     lower.core.patch_node("lower-extra", {"spec": {"unschedulable": True}})
     wait_for(lambda: cpu("capacity") == before, 30, what="capacity to drop after cordon")

@@ -34,6 +34,8 @@ ENDPOINTSLICES = "endpointslices"
 #: The heartbeat client's own budget: a Lease every 10 s and node status at most once a second.
 HEARTBEAT_QPS = 5.0
 HEARTBEAT_BURST = 10
+#: Pods that still hold their requests (the field selector of the capacity caches).
+ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 #: API group/version of resources outside the core group.
 GROUP_VERSIONS = {ENDPOINTSLICES: "discovery.k8s.io/v1"}
 
@@ -131,12 +133,15 @@ class Context:
     upper_node: Informer
     upper_deps: dict[str, Informer]
     lower_nodes: Informer
-    lower_pods_all: Informer
+    #: The lower pods that are not this virtual node's copies and not finished, trimmed to what
+    #: capacity reads: another upper cluster's or nobody's, and this upper cluster's other virtual
+    #: nodes'. With ``lower_pods`` (the copies) they are every lower pod, each in one watch only.
+    lower_pods_others: tuple[Informer, ...]
     lower_pods: Informer
     lower_deps: dict[str, Informer]
     lower_namespaces: Informer
     metrics: VirtualNodeMetrics
-    #: Requests of the active lower pods per lower node, kept from ``lower_pods_all``'s events.
+    #: Requests of the active lower pods per lower node, kept from ``lower_pods_active()``'s events.
     lower_usage: Usage
     #: ``--lower-node-selector`` as node-selector requirements, pinned into every copy.
     pool: tuple[JSON, ...] = ()
@@ -185,10 +190,10 @@ class Context:
             upper_deps=upper_deps,
             lower_nodes=Informer(lower, path("nodes"), label_selector=config.lower_nodes_selector(),
                                  name="lower-nodes"),
-            lower_pods_all=Informer(
-                lower, path("pods"), field_selector="status.phase!=Succeeded,status.phase!=Failed",
-                transform=capacity.shrink_pod, name="lower-pods-active",
-            ),
+            lower_pods_others=tuple(
+                Informer(lower, path("pods"), label_selector=others, field_selector=ACTIVE_PODS,
+                         transform=capacity.shrink_pod, name=f"lower-pods-{name}")
+                for name, others in zip(("foreign", "siblings"), owner.others_selectors, strict=True)),
             lower_pods=Informer(lower, path("pods"), label_selector=sel, name="lower-pods"),
             lower_deps=lower_deps,
             lower_namespaces=Informer(lower, path("namespaces"), transform=_namespace_meta, name="lower-namespaces"),
@@ -196,7 +201,8 @@ class Context:
             lower_usage=Usage(owner.owns),
             pool=config.pool,  # parsed once here: a bad selector stops the start
         )
-        ctx.lower_pods_all.add_handler(ctx.lower_usage.on_pod)
+        for informer in ctx.lower_pods_active():
+            informer.add_handler(ctx.lower_usage.handler(informer.name))
         # Indexes, so handlers stay O(matches) per event instead of scanning a store.
         ctx.upper_pods.add_index(NAMESPACE, namespace_index)
         for side in (upper_deps, lower_deps):
@@ -217,8 +223,13 @@ class Context:
     def informers(self) -> list[Informer]:
         return [
             self.upper_pods, self.upper_node, *self.upper_deps.values(),
-            self.lower_nodes, self.lower_pods_all, self.lower_pods, *self.lower_deps.values(), self.lower_namespaces,
+            self.lower_nodes, *self.lower_pods_others, self.lower_pods, *self.lower_deps.values(),
+            self.lower_namespaces,
         ]
+
+    def lower_pods_active(self) -> tuple[Informer, ...]:
+        """Every cache of lower pods: together they hold each lower pod once (the copies finished too)."""
+        return (*self.lower_pods_others, self.lower_pods)
 
     # --- where copies live: upper keys are ``namespace/name`` upstairs ---------------------------
 

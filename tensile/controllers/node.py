@@ -143,7 +143,8 @@ class NodeController:
         #: (capacity, allocatable) as last written to the Node.
         self.published: tuple[dict[str, str], dict[str, str]] | None = None
         ctx.lower_nodes.add_handler(lambda old, new: self._dirty.set())
-        ctx.lower_pods_all.add_handler(self._on_lower_pod)
+        for informer in ctx.lower_pods_others:  # the copies are not in the allocatable
+            informer.add_handler(self._on_lower_pod)
         ctx.upper_node.add_handler(self._on_upper_node)
 
     # --- triggers ------------------------------------------------------------

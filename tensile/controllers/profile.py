@@ -75,7 +75,8 @@ class ProfilePublisher:
         #: The failure last reported (log and Event), so each is reported once, not per retry.
         self._failing = ""
         ctx.lower_nodes.add_handler(self._mark)
-        ctx.lower_pods_all.add_handler(self._mark)
+        for informer in ctx.lower_pods_active():
+            informer.add_handler(self._mark)
 
     def _mark(self, old: Any, new: Any) -> None:
         self._dirty.set()
