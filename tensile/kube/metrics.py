@@ -45,8 +45,8 @@ STANDARD_PREFIXES = ("process_", "python_")
 UNBOUNDED_LABELS = frozenset({"pod", "name", "namespace", "uid", "key", "object", "path", "url", "node_name"})
 #: API round trips: 5 ms to a minute (a list of 10,000 pods takes seconds).
 API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-#: Sync latencies a user feels: 50 ms to 10 minutes.
-SYNC_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+#: Sync latencies: 5 ms (one hop of an unloaded virtual node) to 10 minutes (a pod held for a dependency).
+SYNC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 def new_registry() -> CollectorRegistry:
