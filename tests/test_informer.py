@@ -71,6 +71,24 @@ async def test_list_then_watch_tells_handlers_and_keeps_store_and_index() -> Non
     assert inf.resource_version == "13"
 
 
+async def test_cached_objects_carry_no_managed_fields_whether_listed_or_watched() -> None:
+    fields = [{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {"f:containers": {}}}}]
+
+    def managed(name: str, rv: str) -> JSON:
+        obj = pod(name, rv=rv)
+        obj["metadata"]["managedFields"] = fields
+        return obj
+
+    kube = FakeKube()
+    listing(kube, [managed("a", "1")], "10")
+    kube.watch_scripts = [[event("ADDED", managed("b", "11")), event("MODIFIED", managed("a", "12"))]]
+    inf = Informer(kube, "/api/v1/pods", name="pods")  # type: ignore[arg-type]
+    await run_until(inf, lambda: inf.resource_version == "12")
+    assert sorted(inf.store) == ["ns/a", "ns/b"]
+    assert all("managedFields" not in obj["metadata"] for obj in inf.store.values())
+    assert inf.store["ns/a"]["metadata"]["resourceVersion"] == "12"
+
+
 async def test_a_broken_watch_resumes_from_the_last_version_without_relisting(fast: list[int]) -> None:
     kube = FakeKube()
     listing(kube, [pod("a")], "10")

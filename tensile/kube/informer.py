@@ -11,8 +11,10 @@ dies silently. ``last_progress`` tells a supervisor when the reflector last
 heard from the apiserver (bookmarks arrive about once a minute on an idle
 watch), so a wedged connection shows in ``/healthz``.
 
-It keeps a store of plain dicts keyed ``namespace/name`` (optionally shrunk
-by a ``transform`` to save memory), indexes like client-go's Indexers
+It keeps a store of plain dicts keyed ``namespace/name``, without
+``metadata.managedFields`` (nothing here reads them, and they are a third or more of a pod, as
+client-go's ``TransformStripManagedFields`` knows) and optionally shrunk further by a
+``transform`` to save memory, indexes like client-go's Indexers
 (``add_index``/``by_index``), and tells handlers about adds, updates and
 deletes. Handlers only enqueue keys; controllers read the store.
 
@@ -173,6 +175,9 @@ class Informer:
                 log.exception("informer %s: handler failed", self.name)
 
     def _shrink(self, obj: JSON) -> JSON:
+        meta = obj.get("metadata")
+        if isinstance(meta, dict):
+            meta.pop("managedFields", None)
         return self.transform(obj) if self.transform else obj
 
     async def _list(self) -> None:
