@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tensile.kube import informer as informer_mod
 from tensile.kube.errors import ApiError
-from tensile.kube.informer import NAMESPACE, Informer, namespace_index
+from tensile.kube.informer import INTERN_MAX, NAMESPACE, Informer, intern_strings, namespace_index
 from tests.fakes import FakeKube, pod
 
 JSON = dict[str, Any]
@@ -206,3 +210,39 @@ async def test_a_backoff_ends_when_the_unreachable_apiserver_answers_again(monke
     finally:
         await inf.stop()
     assert [p["resourceVersion"] for p in kube.watch_params[:2]] == ["10", "10"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=80),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=30))
+def test_interning_changes_no_value(value: object) -> None:
+    before = copy.deepcopy(value)
+    intern_strings(value)
+    assert value == before
+
+
+def test_interning_shares_repeated_short_strings_across_objects_and_leaves_long_ones() -> None:
+    long = "x" * (INTERN_MAX + 1)
+    a = orjson.loads(orjson.dumps({"status": {"phase": "Running", "conditions": [{"status": "True"}]},
+                                   "data": long}))
+    b = orjson.loads(orjson.dumps({"status": {"phase": "Running", "conditions": [{"status": "True"}]},
+                                   "data": long}))
+    assert a["status"]["phase"] is not b["status"]["phase"]
+    intern_strings(a)
+    intern_strings(b)
+    assert a["status"]["phase"] is b["status"]["phase"]
+    assert a["status"]["conditions"][0]["status"] is b["status"]["conditions"][0]["status"]
+    assert a["data"] == b["data"] and a["data"] is not b["data"]
+
+
+async def test_cached_objects_share_their_repeated_strings() -> None:
+    kube = FakeKube()
+    listed = orjson.loads(orjson.dumps(pod("a", ns="tenant-a", rv="1")))
+    watched = orjson.loads(orjson.dumps(event("ADDED", pod("b", ns="tenant-a", rv="11"))))
+    assert listed["metadata"]["namespace"] is not watched["object"]["metadata"]["namespace"]
+    listing(kube, [listed], "10")
+    kube.watch_scripts = [[watched]]
+    inf = Informer(kube, "/api/v1/pods", name="pods")  # type: ignore[arg-type]
+    await run_until(inf, lambda: "tenant-a/b" in inf.store)
+    assert inf.store["tenant-a/a"]["metadata"]["namespace"] is inf.store["tenant-a/b"]["metadata"]["namespace"]
