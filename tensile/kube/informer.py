@@ -35,6 +35,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 from tensile.kube.client import JSON, Kube
 from tensile.kube.errors import ApiError
@@ -85,25 +86,16 @@ def intern_strings(value: object) -> None:
     Identical values then share one string, so a cache of many similar objects stores each
     repeated value once. Mutating in place keeps it cheap (no dict is rebuilt).
     """
-    stack = [value]
+    stack: list[Any] = [value] if type(value) in (dict, list) else []
     while stack:
         node = stack.pop()
-        if type(node) is dict:
-            for key, item in node.items():
-                kind = type(item)
-                if kind is str:
-                    if len(item) <= INTERN_MAX:
-                        node[key] = sys.intern(item)
-                elif kind is dict or kind is list:
-                    stack.append(item)
-        elif type(node) is list:
-            for n, item in enumerate(node):
-                kind = type(item)
-                if kind is str:
-                    if len(item) <= INTERN_MAX:
-                        node[n] = sys.intern(item)
-                elif kind is dict or kind is list:
-                    stack.append(item)
+        for slot, item in node.items() if type(node) is dict else enumerate(node):
+            kind = type(item)
+            if kind is str:
+                if len(item) <= INTERN_MAX:
+                    node[slot] = sys.intern(item)
+            elif kind is dict or kind is list:
+                stack.append(item)
 
 
 def meta_of(obj: JSON | None) -> JSON:
