@@ -97,6 +97,17 @@ async def test_a_copy_the_cache_saw_deleted_removes_the_upper_pod_without_asking
     assert [p for p, _ in world.upper.of("DELETE")] == ["/api/v1/namespaces/ns/pods/p"]
 
 
+async def test_a_copy_deleted_after_its_upper_pod_leaves_nothing_remembered(world: World) -> None:
+    up = world.upper_pod()
+    copy = world.lower_copy(up)
+    # Force-deleted upstairs first (its delete event already handled), then the orphan copy goes.
+    del world.ctx.upper_pods.store["ns/p"]
+    world.pods._on_upper(up, None)
+    del world.ctx.lower_pods.store["ns/p"]
+    world.pods._on_lower(copy, None)
+    assert world.pods._gone == set()
+
+
 async def test_a_copy_the_cache_never_showed_is_confirmed_gone_before_the_upper_pod_goes(world: World) -> None:
     up = world.upper_pod(deletionTimestamp="t", deletionGracePeriodSeconds=30)
     mine = pod("p", metadata={"labels": world.ctx.owner.labels, "annotations": {

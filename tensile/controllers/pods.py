@@ -135,7 +135,8 @@ class PodController:
         if new is None and old is not None and (old.get("status") or {}).get("phase") in TERMINAL:
             self._final[key] = old
         if new is None:
-            self._gone.add(key)
+            if self.ctx.upper_pods.get(key) is not None:  # else nothing will discard it: no leak
+                self._gone.add(key)
         else:
             self._gone.discard(key)
         if new is not None and _phase(new) == "Running" and (old is None or _phase(old) != "Running"):
